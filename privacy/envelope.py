@@ -1,0 +1,108 @@
+"""Seal and open envelopes with RFC 9180 HPKE (cryptography's ``hpke`` module).
+
+Sans-IO: bytes and keys in, envelopes or typed rejections out. Opening performs the checks
+in the order that is cheapest first and never decrypts what routing already refuses:
+size, JSON/schema, version, region, key ownership, key status, then HPKE, then the payload
+schema. Replay and topic checks need state or transport facts and belong to the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+from pydantic import ValidationError
+
+from privacy.errors import EnvelopeRejected
+from privacy.keys import KeyEntry, KeySet, PrivateKey
+from privacy.wire import (
+    ENVELOPE_VERSION,
+    PAYLOAD_MODELS,
+    Envelope,
+    Frozen,
+    RejectReason,
+    b64d,
+    b64e,
+    utcnow,
+)
+
+SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_128_GCM)
+DEFAULT_MAX_BYTES = 64 * 1024
+
+
+def seal(
+    payload: Frozen,
+    *,
+    key: KeyEntry,
+    cohort: str,
+    round: int,
+    sent_at: datetime | None = None,
+    msg_id: str | None = None,
+) -> Envelope:
+    """Encrypt ``payload`` to ``key`` (which must be its region's current key)."""
+    payload_type = payload.type  # type: ignore[attr-defined]
+    header = Envelope(
+        msg_id=msg_id or secrets.token_hex(16),
+        region=key.region,
+        key_id=key.key_id,
+        cohort=cohort,
+        round=round,
+        payload_type=payload_type,
+        sent_at=sent_at or utcnow(),
+        ct="",
+    )
+    ct = SUITE.encrypt(payload.model_dump_json().encode(), key.public(), info=header.hpke_info())
+    return header.model_copy(update={"ct": b64e(ct)})
+
+
+def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
+    """Bytes to a validated envelope, or :class:`EnvelopeRejected` with the reason."""
+    if len(raw) > max_bytes:
+        raise EnvelopeRejected(RejectReason.OVERSIZED, f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EnvelopeRejected(RejectReason.MALFORMED, f"not JSON: {exc.__class__.__name__}") from None
+    if not isinstance(obj, dict):
+        raise EnvelopeRejected(RejectReason.MALFORMED, "not a JSON object")
+    if obj.get("v") != ENVELOPE_VERSION and "v" in obj:
+        raise EnvelopeRejected(RejectReason.UNSUPPORTED_VERSION, f"envelope v={obj.get('v')!r}")
+    try:
+        return Envelope.model_validate(obj)
+    except ValidationError as exc:
+        fields = ",".join(".".join(map(str, e["loc"])) for e in exc.errors())
+        raise EnvelopeRejected(RejectReason.SCHEMA, f"invalid fields: {fields}") from None
+
+
+def check_route(env: Envelope, *, region: str, keyset: KeySet, key_region: str | None) -> KeyEntry:
+    """The declared region and the key's owner must both be ``region``."""
+    if env.region != region:
+        raise EnvelopeRejected(
+            RejectReason.WRONG_REGION, f"envelope declares {env.region!r}, consumer is {region!r}"
+        )
+    if key_region is not None and key_region != region:
+        raise EnvelopeRejected(
+            RejectReason.KEY_REGION_MISMATCH, f"key {env.key_id!r} belongs to {key_region!r}"
+        )
+    return keyset.check_decryptable(env.key_id)
+
+
+def open_payload(env: Envelope, private: PrivateKey) -> Frozen:
+    """Decrypt and validate the payload. Tampering anywhere gives ``decrypt_failed``."""
+    model = PAYLOAD_MODELS.get(env.payload_type)
+    if model is None:
+        raise EnvelopeRejected(RejectReason.SCHEMA, f"unknown payload_type {env.payload_type!r}")
+    try:
+        plain = SUITE.decrypt(b64d(env.ct), private.key, info=env.hpke_info())
+    except (InvalidTag, ValueError) as exc:
+        raise EnvelopeRejected(
+            RejectReason.DECRYPT_FAILED, f"HPKE open failed ({exc.__class__.__name__})"
+        ) from None
+    try:
+        return model.model_validate_json(plain)
+    except ValidationError as exc:
+        fields = ",".join(".".join(map(str, e["loc"])) for e in exc.errors())
+        raise EnvelopeRejected(RejectReason.PAYLOAD_INVALID, f"payload fields: {fields}") from None

@@ -1,0 +1,205 @@
+"""The wire contracts of Sotto: the one definition every package imports.
+
+An :class:`Envelope` is what a device puts on its home region's Kafka topic. Its header is
+in the clear (so ingestion can route, dedupe and pick a key without decrypting) but every
+header field is bound into the HPKE ``info`` string, so a header edited in transit makes
+decryption fail. The body is an HPKE ciphertext of a *payload*: a versioned, typed model
+(:class:`RoundSummary` today; masked SecAgg+ inputs and shadow reports later) chosen by the
+header's ``payload_type``. New payload types are new models, not a new envelope format.
+
+Dead letters keep the original bytes as the Kafka record value, untouched, and carry the
+machine-readable reason in record headers (:class:`DeadLetter`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENVELOPE_VERSION = 1
+EMBEDDING_DIM = 128
+REGION_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+
+
+class RejectReason(StrEnum):
+    """Why ingestion refused a record. Stable strings: dashboards and audits key on them."""
+
+    MALFORMED = "malformed"  # not JSON / not an object / bad base64
+    SCHEMA = "schema_violation"  # JSON, but not a valid envelope
+    UNSUPPORTED_VERSION = "unsupported_version"
+    OVERSIZED = "oversized"
+    WRONG_REGION = "wrong_region"  # header names another region than the consumer's
+    TOPIC_REGION_MISMATCH = "topic_region_mismatch"  # arrived on a topic of another region
+    KEY_REGION_MISMATCH = "key_region_mismatch"  # key id belongs to another region
+    UNKNOWN_KEY = "unknown_key"
+    RETIRED_KEY = "retired_key"
+    DECRYPT_FAILED = "decrypt_failed"  # tampered header or ciphertext, or wrong key
+    PAYLOAD_INVALID = "payload_invalid"  # decrypted, but the payload is not a valid model
+    REPLAY = "replay"  # idempotency key seen before
+    PROTOCOL = "protocol_violation"  # valid envelope, but out of order for its round
+
+
+class Frozen(BaseModel):
+    """Base of wire models: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+class Envelope(Frozen):
+    """Versioned envelope carried on ``<region>.summaries``-style ingest topics."""
+
+    v: Literal[1] = ENVELOPE_VERSION
+    msg_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    region: Annotated[str, Field(pattern=REGION_PATTERN)]
+    key_id: Annotated[str, Field(pattern=ID_PATTERN)]
+    cohort: Annotated[str, Field(pattern=ID_PATTERN)]
+    round: Annotated[int, Field(ge=0)]
+    payload_type: Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
+    sent_at: datetime
+    ct: str  # base64 HPKE ciphertext (enc || sealed payload)
+
+    @field_validator("ct")
+    @classmethod
+    def _ct_is_base64(cls, value: str) -> str:
+        b64d(value)
+        return value
+
+    def hpke_info(self) -> bytes:
+        """Everything in the header except the ciphertext, canonically encoded.
+
+        This is the HPKE ``info``: it binds region, key id, round and envelope version (and the
+        rest of the header) to the ciphertext, so moving an envelope to another region, round
+        or cohort, or replaying it under another id, fails decryption.
+        """
+        header = self.model_dump(mode="json", exclude={"ct"})
+        return b"sotto-envelope|" + json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Envelope:
+        return cls.model_validate_json(raw)
+
+
+class BehaviorCounts(Frozen):
+    """Per-round counts a device reports about its agent's steps (all non-negative)."""
+
+    steps: Annotated[int, Field(ge=0)] = 0
+    accepted: Annotated[int, Field(ge=0)] = 0
+    overridden: Annotated[int, Field(ge=0)] = 0
+    failed: Annotated[int, Field(ge=0)] = 0
+
+
+class RoundSummary(Frozen):
+    """A device's clear-text round summary (payload_type ``summary``).
+
+    Only the device and, before secure aggregation exists, its home region's ingestion ever
+    see this; with SecAgg+ the same information travels masked inside ``masked_input``.
+    """
+
+    type: Literal["summary"] = "summary"
+    v: Literal[1] = 1
+    embed_version: Annotated[int, Field(ge=1)]
+    embedding: str  # base64 little-endian float32[EMBEDDING_DIM]
+    counts: BehaviorCounts
+    action_hist: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+
+    @field_validator("embedding")
+    @classmethod
+    def _embedding_shape(cls, value: str) -> str:
+        raw = b64d(value)
+        if len(raw) != 4 * EMBEDDING_DIM:
+            raise ValueError(f"embedding must be {EMBEDDING_DIM} float32 values")
+        vec = np.frombuffer(raw, dtype="<f4")
+        if not np.all(np.isfinite(vec)):
+            raise ValueError("embedding has non-finite values")
+        return value
+
+    @classmethod
+    def build(
+        cls,
+        embedding: np.ndarray,
+        counts: BehaviorCounts,
+        action_hist: dict[str, int] | None = None,
+        embed_version: int = 1,
+    ) -> RoundSummary:
+        vec = np.asarray(embedding, dtype="<f4").reshape(EMBEDDING_DIM)
+        return cls(
+            embed_version=embed_version,
+            embedding=b64e(vec.tobytes()),
+            counts=counts,
+            action_hist=dict(action_hist or {}),
+        )
+
+    def vector(self) -> np.ndarray:
+        return np.frombuffer(b64d(self.embedding), dtype="<f4").astype(np.float64)
+
+
+PAYLOAD_MODELS: dict[str, type[Frozen]] = {"summary": RoundSummary}
+
+
+def register_payload(name: str, model: type[Frozen]) -> None:
+    """Later protocol stages (SecAgg+ masked inputs, shadow reports) add their payload models."""
+    existing = PAYLOAD_MODELS.get(name)
+    if existing is not None and existing is not model:
+        raise ValueError(f"payload type {name!r} already registered")
+    PAYLOAD_MODELS[name] = model
+
+
+class DeadLetter(Frozen):
+    """A rejected record: original bytes verbatim as the value, the why in headers."""
+
+    reason: RejectReason
+    detail: str
+    region: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    rejected_at: datetime
+    original: bytes
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        p = "sotto-"
+        return [
+            (p + "reason", self.reason.value.encode()),
+            (p + "detail", self.detail[:512].encode()),
+            (p + "region", self.region.encode()),
+            (p + "source-topic", self.source_topic.encode()),
+            (p + "source-partition", str(self.source_partition).encode()),
+            (p + "source-offset", str(self.source_offset).encode()),
+            (p + "rejected-at", self.rejected_at.isoformat().encode()),
+        ]
+
+    @classmethod
+    def from_record(cls, value: bytes, headers: list[tuple[str, bytes]]) -> DeadLetter:
+        h = {k.removeprefix("sotto-"): v.decode() for k, v in headers if k.startswith("sotto-")}
+        return cls(
+            reason=RejectReason(h["reason"]),
+            detail=h.get("detail", ""),
+            region=h["region"],
+            source_topic=h["source-topic"],
+            source_partition=int(h["source-partition"]),
+            source_offset=int(h["source-offset"]),
+            rejected_at=datetime.fromisoformat(h["rejected-at"]),
+            original=value,
+        )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

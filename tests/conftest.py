@@ -1,0 +1,63 @@
+"""Session fixtures: one real Kafka broker for the whole run.
+
+If SOTTO_KAFKA_BOOTSTRAP is set, tests use that broker; otherwise a broker is started on a
+free port in a temporary directory and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.kafka_local import LocalKafka, free_port
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("SOTTO_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    data_dir = tmp_path_factory.mktemp("kafka")
+    port = free_port()
+    broker = LocalKafka(data_dir=data_dir, port=port, controller_port=free_port())
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token so tests sharing one broker never share topics or groups."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, kafka_bootstrap: str, unique: str):
+    """A fresh two-region (eu, cn) deployment with its own topics, DBs and keys."""
+    from deploy.bootstrap import init_deployment
+    from deploy.settings import SottoSettings
+
+    home = tmp_path / "sotto"
+    text_path = init_deployment(home, ("eu", "cn"), kafka_bootstrap)
+    # unique topic names per test: rewrite the prefix through explicit topics tables
+    text = text_path.read_text()
+    for region in ("eu", "cn"):
+        p = f"t{unique}.{region}"
+        text = text.replace(
+            f"[regions.{region}]\n",
+            f"[regions.{region}]\n",
+        )
+        text += (
+            f"\n[regions.{region}.topics]\n"
+            f'ingest = "{p}.ingest"\ndead_letter = "{p}.dlq"\naggregates = "{p}.aggregates"\n'
+            f'rounds = "{p}.rounds"\nadapters = "{p}.adapters"\n'
+        )
+    text_path.write_text(text)
+    return SottoSettings(home=home, kafka_bootstrap=kafka_bootstrap)
