@@ -1,0 +1,1 @@
+"""Per-region ingestion: validate, decrypt, dedupe, dead-letter, aggregate, audit."""

@@ -1,0 +1,1 @@
+"""Incremental learners: sliding-window LoRA fine-tuning, shadow gate, registry, shipping."""
