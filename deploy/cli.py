@@ -89,6 +89,64 @@ def keys_list(region: Annotated[str, typer.Option()]) -> None:
         print(f"{k.key_id}\t{k.status.value}\t{k.created_at.isoformat()}")
 
 
+def _broker(port: int | None, data_dir: Path | None):
+    from deploy.kafka_local import LocalKafka
+
+    s = _settings()
+    d = data_dir or s.kafka.data_dir
+    if port is None:
+        return LocalKafka.from_data_dir(d, lib_dir=s.kafka.lib_dir, heap=s.kafka.heap)
+    return LocalKafka(data_dir=d, port=port, lib_dir=s.kafka.lib_dir, heap=s.kafka.heap)
+
+
+@kafka_app.command("fetch")
+def kafka_fetch() -> None:
+    """Download Apache Kafka's jars from Maven Central (deploy/kafka/pom.xml)."""
+    from deploy.kafka_local import KafkaError, fetch
+
+    try:
+        console.print(f"Kafka classpath: {fetch(_settings().kafka.lib_dir)}")
+    except KafkaError as exc:
+        _fail(exc)
+
+
+@kafka_app.command("up")
+def kafka_up(
+    port: Annotated[int | None, typer.Option(help="client port (default 9092)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="KRaft storage and logs")] = None,
+) -> None:
+    """Format KRaft storage if new, start a broker+controller, wait until it serves."""
+    from deploy.kafka_local import KafkaError
+
+    s = _settings()
+    broker = _broker(port or s.kafka.port, data_dir)
+    try:
+        with console.status(f"starting Kafka on {broker.bootstrap}"):
+            broker.start(timeout_s=s.kafka.start_timeout_s)
+    except KafkaError as exc:
+        _fail(exc)
+    console.print(f"[green]Kafka up[/green] at {broker.bootstrap} (data: {broker.data_dir})")
+    print(broker.bootstrap)
+
+
+@kafka_app.command("status")
+def kafka_status(
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Is the local broker running? Exit code 1 when it is not."""
+    st = _broker(None, data_dir).status()
+    _emit(st, as_json)
+    raise typer.Exit(0 if st["running"] else 1)
+
+
+@kafka_app.command("down")
+def kafka_down(data_dir: Annotated[Path | None, typer.Option()] = None) -> None:
+    """Stop the local broker (SIGTERM, then SIGKILL after 30 s)."""
+    stopped = _broker(None, data_dir).stop()
+    console.print("Kafka stopped" if stopped else "Kafka was not running")
+
+
 def _emit(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))

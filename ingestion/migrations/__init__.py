@@ -1,0 +1,1 @@
+"""Alembic migrations of the region database (run by :func:`ingestion.db.migrate`)."""
