@@ -203,3 +203,43 @@ class DeadLetter(Frozen):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class ReleasedAggregate(Frozen):
+    """What a round releases to ``<region>.aggregates``: a cohort's DP-noised sum, nothing else.
+
+    The learner sees only these. ``layout`` names how the flat vector is to be read (the
+    learner's contribution layout and its version); ingestion never interprets it.
+    Keyed on the topic by ``region|cohort|round`` so that a release published twice (a
+    coordinator crash between DB commit and produce) is recognised and applied once.
+    """
+
+    type: Literal["released_aggregate"] = "released_aggregate"
+    v: Literal[1] = 1
+    region: Annotated[str, Field(pattern=REGION_PATTERN)]
+    cohort: Annotated[str, Field(pattern=ID_PATTERN)]
+    round: Annotated[int, Field(ge=0)]
+    layout: str
+    dim: Annotated[int, Field(ge=1)]
+    participants: Annotated[int, Field(ge=0)]
+    dropped: Annotated[int, Field(ge=0)]
+    noise_stddev: Annotated[float, Field(ge=0)]  # stddev of the Gaussian noise in ``total``
+    epsilon: Annotated[float, Field(ge=0)]  # this round's epsilon
+    delta: Annotated[float, Field(ge=0, le=1)]
+    epsilon_spent: Annotated[float, Field(ge=0)]  # cohort total after this round
+    total: str  # base64 little-endian float64[dim]: dequantized noisy sum
+    released_at: datetime
+
+    def key(self) -> bytes:
+        return f"{self.region}|{self.cohort}|{self.round}".encode()
+
+    def vector(self) -> np.ndarray:
+        vec = np.frombuffer(b64d(self.total), dtype="<f8")
+        if vec.shape != (self.dim,):
+            raise ValueError(f"total has {vec.shape[0]} values, dim says {self.dim}")
+        return vec.copy()
+
+    @classmethod
+    def build(cls, total: np.ndarray, **fields: object) -> ReleasedAggregate:
+        vec = np.asarray(total, dtype="<f8").ravel()
+        return cls(total=b64e(vec.tobytes()), dim=int(vec.shape[0]), **fields)  # type: ignore[arg-type]
