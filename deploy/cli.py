@@ -13,7 +13,9 @@ from rich.console import Console
 
 from privacy.errors import SottoError
 
-app = typer.Typer(help="Sotto: privacy-preserving personalization for phone agents.", no_args_is_help=True)
+app = typer.Typer(
+    help="Sotto: privacy-preserving personalization for phone agents.", no_args_is_help=True
+)
 kafka_app = typer.Typer(help="Run a local Apache Kafka (KRaft) broker.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage a region's HPKE key set.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
@@ -68,7 +70,9 @@ def keys_rotate(region: Annotated[str, typer.Option()]) -> None:
 
 
 @keys_app.command("retire")
-def keys_retire(region: Annotated[str, typer.Option()], key_id: Annotated[str, typer.Option()]) -> None:
+def keys_retire(
+    region: Annotated[str, typer.Option()], key_id: Annotated[str, typer.Option()]
+) -> None:
     """Stop accepting envelopes sealed to KEY_ID and delete its private key."""
     from deploy import keystore
 
@@ -147,12 +151,50 @@ def kafka_down(data_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     console.print("Kafka stopped" if stopped else "Kafka was not running")
 
 
+@app.command()
+def ingest(
+    region: Annotated[str, typer.Option(help="region to ingest")],
+    max_idle_s: Annotated[
+        float | None, typer.Option(help="exit after this long without records")
+    ] = None,
+) -> None:
+    """Run REGION's ingestion service until SIGTERM/SIGINT (or --max-idle-s without records)."""
+    from ingestion.runner import run_region
+
+    try:
+        stats = run_region(_settings(), region, max_idle_s)
+    except SottoError as exc:
+        _fail(exc)
+    console.print(stats.as_dict())
+
+
 def _emit(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         for k, v in result.items():
             print(f"{k}: {v}")
+
+
+@bench_app.command("secagg")
+def bench_secagg(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    n: Annotated[int, typer.Option("--n", help="clients")] = 1000,
+    d: Annotated[int, typer.Option("--d", help="vector dimension")] = 10000,
+    dropout: Annotated[
+        float, typer.Option("--dropout", help="fraction of clients that drop")
+    ] = 0.1,
+    drop_stage: Annotated[str, typer.Option(help="masked (default) or unmask")] = "masked",
+    flower: Annotated[bool, typer.Option(help="also time Flower's SecAgg+ primitives")] = True,
+) -> None:
+    """SecAgg+ client/server cost at n clients x d dims, and the speedup over Flower's."""
+    from deploy.bench_secagg import run_secagg_bench
+
+    try:
+        result = run_secagg_bench(n=n, d=d, dropout=dropout, drop_stage=drop_stage, flower=flower)
+    except (SottoError, ValueError) as exc:
+        _fail(exc)
+    _emit(result, as_json)
 
 
 def main() -> None:  # pragma: no cover - console entry point shim

@@ -41,7 +41,9 @@ def fetch(lib_dir: Path = KAFKA_DIR / "lib", *, quiet: bool = True) -> Path:
         cmd.insert(1, "-q")
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise KafkaError(f"mvn failed fetching Kafka:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        raise KafkaError(
+            f"mvn failed fetching Kafka:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
     if lib_dir != KAFKA_DIR / "lib":
         shutil.copytree(KAFKA_DIR / "lib", lib_dir, dirs_exist_ok=True)
     return lib_dir
@@ -205,11 +207,17 @@ class LocalKafka:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                tail = self.log_file.read_text(errors="replace")[-3000:] if self.log_file.exists() else ""
+                tail = (
+                    self.log_file.read_text(errors="replace")[-3000:]
+                    if self.log_file.exists()
+                    else ""
+                )
                 raise KafkaError(f"Kafka exited with code {proc.returncode}:\n{tail}")
             if _port_open(self.port):
                 try:
-                    admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+                    admin = KafkaAdminClient(
+                        bootstrap_servers=self.bootstrap, request_timeout_ms=5000
+                    )
                     try:
                         admin.list_topics()
                     finally:

@@ -44,6 +44,8 @@ class IngestSettings(BaseModel):
     batch_max_records: Annotated[int, Field(ge=1)] = 2000
     poll_timeout_ms: Annotated[int, Field(ge=10)] = 500
     group_prefix: str = "sotto-ingest"
+    # how long a crashed consumer keeps its partitions before the group reassigns them
+    session_timeout_ms: Annotated[int, Field(ge=6000)] = 10000
 
 
 class SottoSettings(BaseSettings):
