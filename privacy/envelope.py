@@ -65,7 +65,9 @@ def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EnvelopeRejected(RejectReason.MALFORMED, f"not JSON: {exc.__class__.__name__}") from None
+        raise EnvelopeRejected(
+            RejectReason.MALFORMED, f"not JSON: {exc.__class__.__name__}"
+        ) from None
     if not isinstance(obj, dict):
         raise EnvelopeRejected(RejectReason.MALFORMED, "not a JSON object")
     if obj.get("v") != ENVELOPE_VERSION and "v" in obj:

@@ -62,7 +62,9 @@ class KeySet(BaseModel):
         for k in self.keys:
             if k.status is KeyStatus.CURRENT:
                 return k
-        raise ConfigError(f"region {self.region!r} has no current HPKE key; run `sotto keys rotate`")
+        raise ConfigError(
+            f"region {self.region!r} has no current HPKE key; run `sotto keys rotate`"
+        )
 
     def get(self, key_id: str) -> KeyEntry | None:
         return next((k for k in self.keys if k.key_id == key_id), None)

@@ -87,7 +87,9 @@ class Envelope(Frozen):
         or cohort, or replaying it under another id, fails decryption.
         """
         header = self.model_dump(mode="json", exclude={"ct"})
-        return b"sotto-envelope|" + json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        return (
+            b"sotto-envelope|" + json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        )
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

@@ -1,0 +1,48 @@
+"""Expand a short seed into a long mask with AES-256-CTR (``cryptography``), vectorized.
+
+SecAgg+ masks are the PRG output of a 32-byte seed: a self-mask seed or a pairwise X25519
+agreement. The seed goes through HKDF-SHA256 with a domain label first, so one seed can never
+produce the same stream for two purposes; the derived key drives AES-CTR from a zero counter
+(safe: each derived key encrypts exactly one stream). Keystream bytes are reinterpreted by
+numpy as little-endian ``uint32``/``uint64`` words, which is uniform modulo ``2**b`` for any
+``b`` up to the word size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+MASK_LABEL = b"sotto-mask"
+
+
+def mask_dtype(bits: int) -> np.dtype:
+    """The smallest unsigned word that holds values mod ``2**bits`` (arithmetic wraps in it)."""
+    if not 1 <= bits <= 64:
+        raise ValueError("bits must be in 1..64")
+    return np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
+
+
+def derive_key(seed: bytes, label: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256(seed) bound to ``label``."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=label).derive(seed)
+
+
+def keystream(seed: bytes, nbytes: int, label: bytes = MASK_LABEL) -> bytes:
+    """``nbytes`` of AES-256-CTR keystream under a key derived from ``seed`` and ``label``."""
+    enc = Cipher(algorithms.AES(derive_key(seed, label)), modes.CTR(bytes(16))).encryptor()
+    return enc.update(bytes(nbytes)) + enc.finalize()
+
+
+def expand(seed: bytes, dim: int, bits: int, label: bytes = MASK_LABEL) -> np.ndarray:
+    """A ``dim``-long vector of words, uniform mod ``2**bits`` (not yet reduced)."""
+    dt = mask_dtype(bits)
+    return np.frombuffer(keystream(seed, dim * dt.itemsize, label), dtype=dt)
+
+
+def uniform01(seed: bytes, dim: int, label: bytes) -> np.ndarray:
+    """``dim`` floats uniform in [0, 1) with 53 random bits each (for stochastic rounding)."""
+    words = np.frombuffer(keystream(seed, dim * 8, label), dtype="<u8")
+    return (words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

@@ -1,0 +1,229 @@
+"""The SecAgg+ client (one device, one round) as a sans-IO state machine.
+
+Drive it with ``start()`` then ``receive(msg)`` for each server message; each call returns the
+one message to send back. The input vector (residues mod ``2**bits``, e.g. from
+:func:`privacy.quantize.encode`) is given at construction and never leaves the object except
+masked. Private keys, the self-mask seed and the shares held for neighbours live in private
+attributes; ``repr`` shows none of them.
+
+Out-of-order or replayed messages raise :class:`RemoteProtocolError` and are otherwise
+ignored (state unchanged), so a duplicate Kafka delivery cannot break a round. A server that
+asks for something that could reveal an input (the same client listed as survivor and
+dropped, this client listed as dropped, fewer survivors than ``min_clients``) or shares that
+fail authentication move the client to ABORTED: it answers nothing further in this round.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from privacy import prg, shamir
+from privacy.errors import LocalProtocolError, RemoteProtocolError
+from privacy.rand import DEFAULT_RANDOMNESS, Randomness
+from privacy.secagg import crypto
+from privacy.secagg.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    ForwardedShares,
+    MaskedInput,
+    NeighbourKeys,
+    RoundParams,
+    SealedShare,
+    ServerToClient,
+    ShareValue,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from privacy.secagg.states import ClientState, Role, next_state
+
+
+class SecAggClient:
+    """One client's side of one SecAgg+ round."""
+
+    def __init__(
+        self,
+        params: RoundParams,
+        cid: int,
+        vector: np.ndarray,
+        rng: Randomness = DEFAULT_RANDOMNESS,
+    ) -> None:
+        if not 0 <= cid < params.n:
+            raise LocalProtocolError(f"client id {cid} outside 0..{params.n - 1}")
+        vec = np.asarray(vector).reshape(-1)
+        if vec.size != params.dim:
+            raise LocalProtocolError(
+                f"client {cid}: input has {vec.size} values, round wants {params.dim}"
+            )
+        if vec.dtype.kind == "i" and vec.size and (vec.min() < 0 or vec.max() >= 1 << params.bits):
+            raise LocalProtocolError(f"client {cid}: input is not encoded mod 2^{params.bits}")
+        self.params = params
+        self.cid = cid
+        self._rng = rng
+        self._state: str = ClientState.IDLE
+        self._input = vec.astype(prg.mask_dtype(params.bits)) & prg.mask_dtype(params.bits).type(
+            (1 << params.bits) - 1
+        )
+        self._mask_sk, self._mask_pk = crypto.new_keypair(rng)
+        self._enc_sk, self._enc_pk = crypto.new_keypair(rng)
+        self._seed: bytes = b""
+        self._neighbours: dict[int, tuple[bytes, bytes]] = {}  # cid -> (mask_pk, enc_pk)
+        self._held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (seed share y, key share y)
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def __repr__(self) -> str:
+        return f"SecAggClient(round_id={self.params.round_id!r}, cid={self.cid}, state={self._state!r})"
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def start(self) -> AdvertiseKeys:
+        """Stage 0: advertise this round's two public keys."""
+        self._state = next_state(Role.CLIENT, self._state, "start", self._who())
+        return AdvertiseKeys(
+            round_id=self.params.round_id,
+            sender=self.cid,
+            mask_pk=self._mask_pk,
+            enc_pk=self._enc_pk,
+        )
+
+    def receive(self, msg: ServerToClient) -> EncryptedShares | MaskedInput | UnmaskResponse:
+        """Handle one server message and return the reply to send."""
+        if msg.round_id != self.params.round_id:
+            raise RemoteProtocolError(
+                "wrong_round", f"{self._who()}: message for round {msg.round_id!r}"
+            )
+        if msg.to != self.cid:
+            raise RemoteProtocolError("misrouted", f"{self._who()}: message addressed to {msg.to}")
+        if self._state == ClientState.ABORTED:
+            raise RemoteProtocolError(
+                "aborted", f"{self._who()}: round aborted, refusing {msg.type}"
+            )
+        target = next_state(Role.CLIENT, self._state, msg.type, self._who())
+        try:
+            if isinstance(msg, NeighbourKeys):
+                reply: EncryptedShares | MaskedInput | UnmaskResponse = self._on_neighbours(msg)
+            elif isinstance(msg, ForwardedShares):
+                reply = self._on_forwarded(msg)
+            elif isinstance(msg, UnmaskRequest):
+                reply = self._on_unmask(msg)
+            else:  # pragma: no cover - the table already refused it
+                raise RemoteProtocolError("unexpected", f"{self._who()}: {type(msg).__name__}")
+        except RemoteProtocolError:
+            self._abort()
+            raise
+        self._state = target
+        return reply
+
+    def abort(self) -> None:
+        """The caller gives up on this round (e.g. the coordinator announced an abort)."""
+        self._state = next_state(Role.CLIENT, self._state, "abort", self._who())
+        self._wipe()
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def _on_neighbours(self, msg: NeighbourKeys) -> EncryptedShares:
+        p = self.params
+        ids = [nb.cid for nb in msg.neighbours]
+        if len(set(ids)) != len(ids) or self.cid in ids or any(i >= p.n for i in ids):
+            raise RemoteProtocolError("bad_neighbours", f"{self._who()}: invalid neighbour list")
+        if not p.t <= len(ids) <= p.k:
+            raise RemoteProtocolError(
+                "bad_neighbours", f"{self._who()}: {len(ids)} neighbours, need {p.t}..{p.k}"
+            )
+        keys = [nb.mask_pk for nb in msg.neighbours] + [nb.enc_pk for nb in msg.neighbours]
+        keys += [self._mask_pk, self._enc_pk]
+        if len(set(keys)) != len(keys):
+            raise RemoteProtocolError("bad_neighbours", f"{self._who()}: repeated public keys")
+        self._neighbours = {nb.cid: (nb.mask_pk, nb.enc_pk) for nb in msg.neighbours}
+        self._seed = self._rng.token_bytes(32)
+        xs = [i + 1 for i in ids]
+        seed_shares = shamir.split(self._seed, xs, p.t, self._rng)
+        key_shares = shamir.split(crypto.private_bytes(self._mask_sk), xs, p.t, self._rng)
+        sealed = []
+        for i, s_share, k_share in zip(ids, seed_shares, key_shares, strict=True):
+            aead = crypto.share_key(self._enc_sk, self._neighbours[i][1], p.round_id, self.cid, i)
+            nonce = self._rng.token_bytes(12)
+            ct = crypto.seal_shares(
+                aead, nonce, p.round_id, self.cid, i, s_share.y_bytes(), k_share.y_bytes()
+            )
+            sealed.append(SealedShare(peer=i, nonce=nonce, ct=ct))
+        return EncryptedShares(round_id=p.round_id, sender=self.cid, shares=tuple(sealed))
+
+    def _on_forwarded(self, msg: ForwardedShares) -> MaskedInput:
+        p = self.params
+        senders = [s.peer for s in msg.shares]
+        if len(set(senders)) != len(senders) or not set(senders) <= self._neighbours.keys():
+            raise RemoteProtocolError(
+                "bad_forward", f"{self._who()}: shares from non-neighbours or repeated senders"
+            )
+        held: dict[int, tuple[bytes, bytes]] = {}
+        for s in msg.shares:
+            aead = crypto.share_key(
+                self._enc_sk, self._neighbours[s.peer][1], p.round_id, s.peer, self.cid
+            )
+            opened = crypto.open_shares(aead, s.nonce, s.ct, p.round_id, s.peer, self.cid)
+            if opened is None:
+                raise RemoteProtocolError(
+                    "share_auth_failed",
+                    f"{self._who()}: sealed share from client {s.peer} is not authentic",
+                )
+            held[s.peer] = opened
+        self._held = held
+        # Pairwise masks only with neighbours the server says shared their keys (set U2).
+        masked = self._input + crypto.self_mask(self._seed, p.round_id, p.dim, p.bits)
+        for j in sorted(held):
+            seed = crypto.pair_seed(self._mask_sk, self._neighbours[j][0], p.round_id, self.cid, j)
+            if self.cid < j:
+                masked += crypto.pair_mask(seed, p.dim, p.bits)
+            else:
+                masked -= crypto.pair_mask(seed, p.dim, p.bits)
+        masked &= masked.dtype.type((1 << p.bits) - 1)
+        return MaskedInput(
+            round_id=p.round_id, sender=self.cid, bits=p.bits, dim=p.dim, data=masked.tobytes()
+        )
+
+    def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
+        p = self.params
+        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        if survivors & dropped:
+            raise RemoteProtocolError(
+                "both_sets",
+                f"{self._who()}: clients {sorted(survivors & dropped)[:5]} listed as both survivor and dropped",
+            )
+        if self.cid not in survivors:
+            raise RemoteProtocolError("not_survivor", f"{self._who()}: not listed as a survivor")
+        if len(survivors) < p.min_clients:
+            raise RemoteProtocolError(
+                "too_few_survivors",
+                f"{self._who()}: {len(survivors)} survivors < min {p.min_clients}",
+            )
+        seed_out, key_out = [], []
+        for owner in sorted(self._held):
+            seed_y, key_y = self._held[owner]
+            if owner in survivors:
+                seed_out.append(ShareValue(owner=owner, y=seed_y))
+            elif owner in dropped:
+                key_out.append(ShareValue(owner=owner, y=key_y))
+        self._wipe()
+        return UnmaskResponse(
+            round_id=p.round_id,
+            sender=self.cid,
+            seed_shares=tuple(seed_out),
+            key_shares=tuple(key_out),
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _who(self) -> str:
+        return f"client {self.cid} (round {self.params.round_id}, state {self._state})"
+
+    def _abort(self) -> None:
+        self._state = ClientState.ABORTED
+        self._wipe()
+
+    def _wipe(self) -> None:
+        """Drop secrets we no longer need (best effort: Python cannot zero memory)."""
+        self._held = {}
+        self._seed = b""

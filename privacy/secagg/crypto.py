@@ -1,0 +1,93 @@
+"""The cryptographic steps of SecAgg+, all from ``cryptography``: X25519, HKDF, AES-GCM, AES-CTR.
+
+Labels bind every derived key to its purpose, the round and (for pairs) both client ids, so
+keys from one round or pair can never be replayed into another.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from privacy import prg
+from privacy.rand import Randomness
+from privacy.shamir import SHARE_BYTES
+
+_RAW = serialization.Encoding.Raw
+_PUB = serialization.PublicFormat.Raw
+_PRIV = serialization.PrivateFormat.Raw
+_SHARE_PLAIN = struct.Struct(f">II{SHARE_BYTES}s{SHARE_BYTES}s")
+
+
+def new_keypair(rng: Randomness) -> tuple[x25519.X25519PrivateKey, bytes]:
+    """An X25519 key from the caller's randomness (so tests can be reproducible)."""
+    sk = x25519.X25519PrivateKey.from_private_bytes(rng.token_bytes(32))
+    return sk, public_bytes(sk)
+
+
+def public_bytes(sk: x25519.X25519PrivateKey) -> bytes:
+    return sk.public_key().public_bytes(_RAW, _PUB)
+
+
+def private_bytes(sk: x25519.X25519PrivateKey) -> bytes:
+    return sk.private_bytes(_RAW, _PRIV, serialization.NoEncryption())
+
+
+def _pair_label(kind: bytes, round_id: str, a: int, b: int) -> bytes:
+    lo, hi = min(a, b), max(a, b)
+    return b"sotto-secagg|v1|" + kind + b"|" + round_id.encode() + b"|%d|%d" % (lo, hi)
+
+
+def pair_seed(sk: x25519.X25519PrivateKey, peer_pk: bytes, round_id: str, a: int, b: int) -> bytes:
+    """The seed of the pairwise mask between clients ``a`` and ``b`` (same from both ends)."""
+    shared = sk.exchange(x25519.X25519PublicKey.from_public_bytes(peer_pk))
+    return prg.derive_key(shared, _pair_label(b"pair", round_id, a, b))
+
+
+def share_key(sk: x25519.X25519PrivateKey, peer_pk: bytes, round_id: str, a: int, b: int) -> AESGCM:
+    shared = sk.exchange(x25519.X25519PublicKey.from_public_bytes(peer_pk))
+    return AESGCM(prg.derive_key(shared, _pair_label(b"share", round_id, a, b)))
+
+
+def _aad(round_id: str, sender: int, recipient: int) -> bytes:
+    return b"sotto-secagg-share|v1|" + round_id.encode() + b"|%d>%d" % (sender, recipient)
+
+
+def seal_shares(
+    aead: AESGCM,
+    nonce: bytes,
+    round_id: str,
+    sender: int,
+    recipient: int,
+    seed_y: bytes,
+    key_y: bytes,
+) -> bytes:
+    plain = _SHARE_PLAIN.pack(sender, recipient, seed_y, key_y)
+    return aead.encrypt(nonce, plain, _aad(round_id, sender, recipient))
+
+
+def open_shares(
+    aead: AESGCM, nonce: bytes, ct: bytes, round_id: str, sender: int, recipient: int
+) -> tuple[bytes, bytes] | None:
+    """The (seed share, key share) bytes, or None if the ciphertext is not authentic."""
+    try:
+        plain = aead.decrypt(nonce, ct, _aad(round_id, sender, recipient))
+        s, r, seed_y, key_y = _SHARE_PLAIN.unpack(plain)
+    except (InvalidTag, struct.error):
+        return None
+    if (s, r) != (sender, recipient):
+        return None
+    return seed_y, key_y
+
+
+def self_mask(seed: bytes, round_id: str, dim: int, bits: int) -> np.ndarray:
+    return prg.expand(seed, dim, bits, b"sotto-secagg|v1|self|" + round_id.encode())
+
+
+def pair_mask(seed: bytes, dim: int, bits: int) -> np.ndarray:
+    return prg.expand(seed, dim, bits, b"sotto-secagg|v1|pairmask")

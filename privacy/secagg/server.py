@@ -1,0 +1,340 @@
+"""The SecAgg+ server (one round) as a sans-IO state machine.
+
+Feed client messages to :meth:`SecAggServer.receive`; call :meth:`close_stage` when a stage
+is complete or its deadline passed (the caller owns the clock). ``close_stage`` returns the
+messages to send, one per recipient, and moves to the next stage, or aborts the round when too
+few clients are left, in which case it raises :class:`RoundAborted` and nothing is released.
+
+Client sets, as in Bonawitz et al.: U1 advertised keys, U2 sent shares, U3 sent a masked
+input, U4 answered the unmask request. The server sums masked inputs as they arrive (memory
+is one vector), and at the end reconstructs, for each survivor in U3, its self-mask seed and,
+for each dropped client in U2 \\ U3, its pairwise-mask key, whose masks with surviving
+neighbours it recomputes and removes. It asks each client for exactly one kind of share per
+owner, and rejects any response that offers the other kind, so it never holds both share sets
+of one client.
+
+A bad client message raises :class:`RemoteProtocolError` naming the client and stage and
+leaves the server state unchanged (the caller dead-letters the message; one faulty device
+cannot stop a round). Calling a method out of order raises :class:`LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from privacy import prg, shamir
+from privacy.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from privacy.rand import DEFAULT_RANDOMNESS, Randomness
+from privacy.secagg import crypto
+from privacy.secagg.graph import neighbour_graph
+from privacy.secagg.messages import (
+    AdvertiseKeys,
+    ClientToServer,
+    EncryptedShares,
+    ForwardedShares,
+    MaskedInput,
+    NeighbourKeys,
+    PeerKeys,
+    RoundParams,
+    SealedShare,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from privacy.secagg.states import Role, ServerState, next_state
+
+
+class RoundAborted(ProtocolError):
+    """Too many clients dropped (or too few shares came back): the round releases nothing."""
+
+    def __init__(self, round_id: str, stage: str, detail: str) -> None:
+        super().__init__(f"round {round_id} aborted in {stage}: {detail}")
+        self.round_id = round_id
+        self.stage = stage
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateResult:
+    """The unmasked sum (residues mod 2**bits) and who is in it."""
+
+    total: np.ndarray
+    bits: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+
+class SecAggServer:
+    """The server side of one SecAgg+ round."""
+
+    def __init__(self, params: RoundParams, rng: Randomness = DEFAULT_RANDOMNESS) -> None:
+        self.params = params
+        self._rng = rng
+        self._state: str = ServerState.COLLECT_KEYS
+        self._dtype = prg.mask_dtype(params.bits)
+        self._keys: dict[int, tuple[bytes, bytes]] = {}  # U1: cid -> (mask_pk, enc_pk)
+        self._graph: dict[int, frozenset[int]] = {}
+        self._shares: dict[int, tuple[SealedShare, ...]] = {}  # U2: sender -> sealed shares
+        self._u2: frozenset[int] = frozenset()
+        self._sum = np.zeros(params.dim, dtype=self._dtype)
+        self._masked_from: set[int] = set()  # U3 while collecting
+        self._u3: frozenset[int] = frozenset()
+        self._dropped: frozenset[int] = frozenset()
+        self._seed_shares: dict[int, list[shamir.Share]] = {}
+        self._key_shares: dict[int, list[shamir.Share]] = {}
+        self._answered: set[int] = set()  # U4
+        self._result: AggregateResult | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def graph(self) -> dict[int, frozenset[int]]:
+        return dict(self._graph)
+
+    def __repr__(self) -> str:
+        return f"SecAggServer(round_id={self.params.round_id!r}, state={self._state!r})"
+
+    def result(self) -> AggregateResult:
+        if self._result is None:
+            raise LocalProtocolError(
+                f"round {self.params.round_id}: no result in state {self._state!r}"
+            )
+        return self._result
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def receive(self, msg: ClientToServer) -> None:
+        """Accept one client message for the current stage (or raise a typed error)."""
+        sender = getattr(msg, "sender", None)
+        who = f"client {sender} (round {self.params.round_id}, server state {self._state})"
+        if msg.round_id != self.params.round_id:
+            raise RemoteProtocolError("wrong_round", f"{who}: message for round {msg.round_id!r}")
+        if sender is None or not 0 <= sender < self.params.n:
+            raise RemoteProtocolError(
+                "unknown_client", f"{who}: sender outside 0..{self.params.n - 1}"
+            )
+        next_state(Role.SERVER, self._state, msg.type, who)  # out-of-order check
+        if isinstance(msg, AdvertiseKeys):
+            self._on_advertise(msg, who)
+        elif isinstance(msg, EncryptedShares):
+            self._on_shares(msg, who)
+        elif isinstance(msg, MaskedInput):
+            self._on_masked(msg, who)
+        elif isinstance(msg, UnmaskResponse):
+            self._on_unmask(msg, who)
+
+    def _on_advertise(self, msg: AdvertiseKeys, who: str) -> None:
+        if msg.sender in self._keys:
+            raise RemoteProtocolError("replay", f"{who}: keys already advertised")
+        self._keys[msg.sender] = (msg.mask_pk, msg.enc_pk)
+
+    def _on_shares(self, msg: EncryptedShares, who: str) -> None:
+        if msg.sender not in self._graph:
+            raise RemoteProtocolError("not_in_round", f"{who}: did not advertise keys")
+        if msg.sender in self._shares:
+            raise RemoteProtocolError("replay", f"{who}: shares already received")
+        peers = [s.peer for s in msg.shares]
+        if sorted(peers) != sorted(self._graph[msg.sender]):
+            raise RemoteProtocolError(
+                "bad_shares", f"{who}: shares must go to exactly its neighbours"
+            )
+        self._shares[msg.sender] = msg.shares
+
+    def _on_masked(self, msg: MaskedInput, who: str) -> None:
+        if msg.sender not in self._u2:
+            raise RemoteProtocolError("not_in_round", f"{who}: did not share keys")
+        if msg.sender in self._masked_from:
+            raise RemoteProtocolError("replay", f"{who}: masked input already received")
+        if (msg.bits, msg.dim) != (self.params.bits, self.params.dim):
+            raise RemoteProtocolError("bad_input", f"{who}: bits/dim do not match the round")
+        self._sum += msg.vector()
+        self._masked_from.add(msg.sender)
+
+    def _on_unmask(self, msg: UnmaskResponse, who: str) -> None:
+        j = msg.sender
+        if j not in self._u3:
+            raise RemoteProtocolError("not_in_round", f"{who}: was not asked to unmask")
+        if j in self._answered:
+            raise RemoteProtocolError("replay", f"{who}: unmask shares already received")
+        nbrs = self._graph[j]
+        seed_owners = [s.owner for s in msg.seed_shares]
+        key_owners = [s.owner for s in msg.key_shares]
+        if any(o not in self._u3 or o not in nbrs for o in seed_owners):
+            raise RemoteProtocolError(
+                "bad_unmask", f"{who}: seed shares only for surviving neighbours"
+            )
+        if any(o not in self._dropped or o not in nbrs for o in key_owners):
+            raise RemoteProtocolError(
+                "bad_unmask", f"{who}: key shares only for dropped neighbours"
+            )
+        if len(set(seed_owners)) != len(seed_owners) or len(set(key_owners)) != len(key_owners):
+            raise RemoteProtocolError("bad_unmask", f"{who}: repeated share owners")
+        try:
+            seed = [(s.owner, shamir.Share.from_bytes(j + 1, s.y)) for s in msg.seed_shares]
+            keys = [(s.owner, shamir.Share.from_bytes(j + 1, s.y)) for s in msg.key_shares]
+        except ValueError:
+            raise RemoteProtocolError(
+                "bad_unmask", f"{who}: share value outside the field"
+            ) from None
+        for owner, share in seed:
+            self._seed_shares.setdefault(owner, []).append(share)
+        for owner, share in keys:
+            self._key_shares.setdefault(owner, []).append(share)
+        self._answered.add(j)
+
+    # -- closing stages --------------------------------------------------------------------
+
+    def close_stage(self) -> list[NeighbourKeys | ForwardedShares | UnmaskRequest]:
+        """End the current collection stage; returns the next stage's messages (maybe none)."""
+        stage = self._state
+        target = next_state(Role.SERVER, stage, "close", f"server (round {self.params.round_id})")
+        try:
+            if stage == ServerState.COLLECT_KEYS:
+                out: list = self._close_keys()
+            elif stage == ServerState.COLLECT_SHARES:
+                out = self._close_shares()
+            elif stage == ServerState.COLLECT_MASKED:
+                out = self._close_masked()
+            else:
+                self._result = self._unmask()
+                out = []
+        except RoundAborted:
+            self._state = ServerState.ABORTED
+            self._wipe()
+            raise
+        self._state = target
+        return out
+
+    def abort(self, reason: str = "aborted by caller") -> None:
+        next_state(Role.SERVER, self._state, "abort", f"server (round {self.params.round_id})")
+        self._state = ServerState.ABORTED
+        self._wipe()
+
+    def _need(self, count: int, stage: str, what: str) -> None:
+        if count < self.params.min_clients:
+            raise RoundAborted(
+                self.params.round_id,
+                stage,
+                f"{count} {what} < min_clients {self.params.min_clients}",
+            )
+
+    def _close_keys(self) -> list[NeighbourKeys]:
+        p = self.params
+        u1 = sorted(self._keys)
+        self._need(len(u1), "collect_keys", "clients advertised keys")
+        all_keys = [k for pair in self._keys.values() for k in pair]
+        if len(set(all_keys)) != len(all_keys):
+            # A copied key would let one client impersonate another's agreement.
+            dup = {k for k in all_keys if all_keys.count(k) > 1}
+            bad = sorted(c for c, pair in self._keys.items() if set(pair) & dup)
+            for c in bad:
+                del self._keys[c]
+            u1 = sorted(self._keys)
+            self._need(len(u1), "collect_keys", "clients with unique keys")
+        k = min(p.k, len(u1) - 1)
+        if k < len(u1) - 1 and k % 2:
+            k -= 1
+        if k < p.t:
+            raise RoundAborted(
+                p.round_id, "collect_keys", f"only {k} neighbours possible < t={p.t}"
+            )
+        self._graph = neighbour_graph(u1, k, self._rng)
+        return [
+            NeighbourKeys(
+                round_id=p.round_id,
+                to=c,
+                neighbours=tuple(
+                    PeerKeys(cid=j, mask_pk=self._keys[j][0], enc_pk=self._keys[j][1])
+                    for j in sorted(self._graph[c])
+                ),
+            )
+            for c in u1
+        ]
+
+    def _close_shares(self) -> list[ForwardedShares]:
+        p = self.params
+        self._u2 = frozenset(self._shares)
+        self._need(len(self._u2), "collect_shares", "clients sent shares")
+        inbox: dict[int, list[SealedShare]] = {c: [] for c in self._u2}
+        for sender in sorted(self._u2):
+            for s in self._shares[sender]:
+                if s.peer in inbox:
+                    inbox[s.peer].append(SealedShare(peer=sender, nonce=s.nonce, ct=s.ct))
+        self._shares = {}
+        for c, got in inbox.items():
+            if len(got) < p.t:
+                # c could not be unmasked if it dropped later, nor its seed recovered.
+                raise RoundAborted(
+                    p.round_id,
+                    "collect_shares",
+                    f"client {c} has {len(got)} share holders < t={p.t}",
+                )
+        return [
+            ForwardedShares(round_id=p.round_id, to=c, shares=tuple(got))
+            for c, got in sorted(inbox.items())
+        ]
+
+    def _close_masked(self) -> list[UnmaskRequest]:
+        p = self.params
+        self._u3 = frozenset(self._masked_from)
+        self._dropped = self._u2 - self._u3
+        self._need(len(self._u3), "collect_masked", "masked inputs")
+        survivors, dropped = tuple(sorted(self._u3)), tuple(sorted(self._dropped))
+        assert not set(survivors) & set(dropped)  # by construction; clients check it too
+        return [
+            UnmaskRequest(round_id=p.round_id, to=c, survivors=survivors, dropped=dropped)
+            for c in survivors
+        ]
+
+    def _unmask(self) -> AggregateResult:
+        p = self.params
+        mod = self._dtype.type((1 << p.bits) - 1)
+        total = self._sum.copy()
+        self._need(len(self._answered), "collect_unmask", "clients answered the unmask request")
+        for i in sorted(self._u3):
+            seed = self._reconstruct(i, self._seed_shares.get(i, []), "self-mask seed")
+            total -= crypto.self_mask(seed, p.round_id, p.dim, p.bits)
+        for i in sorted(self._dropped):
+            raw = self._reconstruct(i, self._key_shares.get(i, []), "pairwise key")
+            sk = x25519.X25519PrivateKey.from_private_bytes(raw)
+            if crypto.public_bytes(sk) != self._keys[i][0]:
+                raise RoundAborted(
+                    p.round_id, "collect_unmask", f"client {i}: shares do not match its key"
+                )
+            for j in sorted(self._graph[i] & self._u3):
+                mask = crypto.pair_mask(
+                    crypto.pair_seed(sk, self._keys[j][0], p.round_id, i, j), p.dim, p.bits
+                )
+                if j < i:  # survivor j added +mask for j < i, else -mask
+                    total -= mask
+                else:
+                    total += mask
+        total &= mod
+        result = AggregateResult(
+            total, p.bits, tuple(sorted(self._u3)), tuple(sorted(self._dropped))
+        )
+        self._wipe()
+        return result
+
+    def _reconstruct(self, owner: int, shares: list[shamir.Share], what: str) -> bytes:
+        p = self.params
+        if len(shares) < p.t:
+            raise RoundAborted(
+                p.round_id,
+                "collect_unmask",
+                f"client {owner}: {len(shares)} {what} shares < t={p.t}",
+            )
+        try:
+            return shamir.combine(shares, p.t)
+        except ValueError:
+            raise RoundAborted(
+                p.round_id, "collect_unmask", f"client {owner}: inconsistent {what} shares"
+            ) from None
+
+    def _wipe(self) -> None:
+        self._seed_shares = {}
+        self._key_shares = {}
