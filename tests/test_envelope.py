@@ -24,7 +24,9 @@ def _region(name: str) -> tuple[KeySet, PrivateKey]:
 
 def _summary(seed: int = 0) -> RoundSummary:
     vec = np.random.default_rng(seed).normal(size=128)
-    return RoundSummary.build(vec / np.linalg.norm(vec), BehaviorCounts(steps=5, accepted=4, failed=1))
+    return RoundSummary.build(
+        vec / np.linalg.norm(vec), BehaviorCounts(steps=5, accepted=4, failed=1)
+    )
 
 
 def test_roundtrip_keeps_payload_exactly() -> None:

@@ -16,7 +16,9 @@ from privacy.keys import KeyStatus
 
 def test_env_and_file_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "sotto.toml"
-    cfg.write_text('log_level = "DEBUG"\n[ingest]\nbatch_max_records = 77\nmax_envelope_bytes = 4096\n')
+    cfg.write_text(
+        'log_level = "DEBUG"\n[ingest]\nbatch_max_records = 77\nmax_envelope_bytes = 4096\n'
+    )
     monkeypatch.setenv("SOTTO_CONFIG", str(cfg))
     monkeypatch.setenv("SOTTO_INGEST__MAX_ENVELOPE_BYTES", "8192")
     s = SottoSettings()
@@ -25,7 +27,9 @@ def test_env_and_file_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert s.ingest.max_envelope_bytes == 8192  # env beats file
 
 
-def test_missing_config_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_config_file_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("SOTTO_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError, match="does not exist"):
         SottoSettings()
