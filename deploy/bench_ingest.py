@@ -66,7 +66,11 @@ def _deployment(home: Path, bootstrap: str, token: str) -> SottoSettings:
         + f'\n[regions.eu.topics]\ningest = "{p}.ingest"\ndead_letter = "{p}.dlq"\n'
         f'aggregates = "{p}.aggregates"\nrounds = "{p}.rounds"\nadapters = "{p}.adapters"\n'
     )
-    return SottoSettings(home=home, kafka_bootstrap=bootstrap)
+    from deploy.settings import IngestSettings
+
+    return SottoSettings(
+        home=home, kafka_bootstrap=bootstrap, ingest=IngestSettings(group_prefix=f"bench{token}")
+    )
 
 
 def _produce(settings: SottoSettings, n: int, progress: bool) -> list[int]:

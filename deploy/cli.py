@@ -197,6 +197,27 @@ def bench_secagg(
     _emit(result, as_json)
 
 
+@bench_app.command("ingest")
+def bench_ingest(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    n: Annotated[int, typer.Option("--n", help="envelopes to produce and ingest")] = 20000,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap (default: $SOTTO_KAFKA_BOOTSTRAP or a local broker)")
+    ] = None,
+    profile: Annotated[Path | None, typer.Option(help="write a cProfile of the pipeline here")] = None,
+) -> None:
+    """Ingestion pipeline throughput vs a bare Kafka consumer on the same N envelopes."""
+    from deploy.bench_ingest import run_ingest_bench
+    from ingestion.runner import configure_logging
+
+    configure_logging("WARNING")  # stdout carries only the result
+    try:
+        result = run_ingest_bench(bootstrap, n=n, profile=profile)
+    except (SottoError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    _emit(result, as_json)
+
+
 def main() -> None:  # pragma: no cover - console entry point shim
     try:
         app()

@@ -1,4 +1,5 @@
-"""A region's HPKE key set on disk: ``keyset.json`` (public, shareable) + ``private/*.key``.
+"""A region's HPKE key set on disk: ``keyset.json`` (public, shareable) + ``private/*.key``,
+and its Ed25519 adapter-signing key (``private/adapter-signing.ed25519`` + public ``.pub``).
 
 Private key files are raw 32-byte X25519 keys with mode 0600. Nothing here logs key bytes.
 """
@@ -8,6 +9,9 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from privacy.errors import ConfigError
 from privacy.keys import KeySet, PrivateKey
@@ -74,3 +78,70 @@ def retire(directory: str | Path, key_id: str) -> KeySet:
     _write_keyset(directory, new)
     (directory / "private" / f"{key_id}.key").unlink(missing_ok=True)
     return new
+
+
+# --- adapter signing key (Ed25519) -------------------------------------------------------
+# Why here: the key set directory is already the region's one place for key material with
+# 0600/0700 modes. Adapters are signed by the region's learner and verified by its devices,
+# which ship with the *public* key only (``adapter-signing.pub``, raw 32 bytes).
+
+SIGNING_KEY_FILE = "adapter-signing.ed25519"
+SIGNING_PUBLIC_FILE = "adapter-signing.pub"
+
+
+def _raw_public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _publish_atomically(path: Path, data: bytes, mode: int) -> bool:
+    """Write ``data`` to ``path`` only if it does not exist yet; True if this call created it.
+
+    Written to a private temporary name first and hard-linked into place, so a concurrent
+    reader never sees a half-written key and two racing creators cannot both win.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_or_create_signing_key(directory: str | Path) -> Ed25519PrivateKey:
+    """The region's adapter-signing key, created (mode 0600) on first use.
+
+    Never log or return the key's bytes; hand the object to :func:`learner.publish.ship_lora`.
+    """
+    directory = Path(directory)
+    priv_dir = directory / "private"
+    priv_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(priv_dir, 0o700)
+    path = priv_dir / SIGNING_KEY_FILE
+    if not path.is_file():
+        _publish_atomically(path, Ed25519PrivateKey.generate().private_bytes_raw(), 0o600)
+    raw = path.read_bytes()
+    if len(raw) != 32:
+        raise ConfigError(f"{path} is not a raw 32-byte Ed25519 key")
+    key = Ed25519PrivateKey.from_private_bytes(raw)
+    pub = directory / SIGNING_PUBLIC_FILE
+    if not pub.is_file():
+        _publish_atomically(pub, _raw_public(key), 0o644)
+    elif pub.read_bytes() != _raw_public(key):
+        raise ConfigError(f"{pub} does not match the private signing key in {priv_dir}")
+    return key
+
+
+def signing_public_key(directory: str | Path) -> Ed25519PublicKey:
+    """The public half devices trust (from ``adapter-signing.pub``; no private key needed)."""
+    path = Path(directory) / SIGNING_PUBLIC_FILE
+    if not path.is_file():
+        raise ConfigError(f"no adapter signing key at {path}; start `sotto learn` once")
+    return Ed25519PublicKey.from_public_bytes(path.read_bytes())

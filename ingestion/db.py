@@ -31,6 +31,7 @@ from sqlalchemy import (
     event,
 )
 
+READONLY = "sotto_readonly"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 metadata = MetaData()
@@ -114,7 +115,13 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        readonly = conn.get_execution_options().get(READONLY, False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def reading(engine: Engine):  # type: ignore[no-untyped-def]
+    """A connection for reads only: on SQLite it does not take the write lock."""
+    return engine.connect().execution_options(**{READONLY: True})
 
 
 def make_engine(url: str) -> Engine:

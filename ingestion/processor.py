@@ -1,0 +1,84 @@
+"""Turn one polled batch into a :class:`Checkpoint`: validate, then reject replays.
+
+Replay protection is two-layered: a set of msg_ids accepted earlier in the same batch, and
+one ``seen_messages`` lookup per batch for ids made durable by earlier batches. The lookup
+runs before the checkpoint's transaction; if a concurrent consumer makes the same id durable
+in between, the ``seen_messages`` key refuses our transaction and the batch is redone, and
+the second pass sees the id and rejects it as a replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import Engine, select
+
+from ingestion.checkpoint import Checkpoint
+from ingestion.db import reading, seen_messages
+from ingestion.validator import Accepted, Rejected, Validator
+from privacy.wire import RejectReason
+
+LOOKUP_CHUNK = 500
+
+
+class RecordLike(Protocol):
+    """The fields of a Kafka ``ConsumerRecord`` that ingestion uses."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+def seen_before(engine: Engine, region: str, msg_ids: Sequence[str]) -> set[str]:
+    """The subset of ``msg_ids`` already durable in ``seen_messages``."""
+    found: set[str] = set()
+    if not msg_ids:
+        return found
+    col = seen_messages.c
+    with reading(engine) as conn:
+        for i in range(0, len(msg_ids), LOOKUP_CHUNK):
+            chunk = list(msg_ids[i : i + LOOKUP_CHUNK])
+            stmt = select(col.msg_id).where(col.region == region, col.msg_id.in_(chunk))
+            found.update(conn.execute(stmt).scalars())
+    return found
+
+
+def build_checkpoint(
+    records: Iterable[RecordLike],
+    *,
+    validator: Validator,
+    engine: Engine,
+    group_id: str,
+    dead_letter_topic: str,
+    now: datetime,
+) -> Checkpoint:
+    """Validate ``records`` (in partition, offset order) into a checkpoint ready to commit."""
+    region = validator.region
+    decided: list[tuple[RecordLike, bytes, Accepted | Rejected]] = []
+    for rec in records:
+        raw = rec.value if rec.value is not None else b""
+        decided.append((rec, raw, validator.validate(raw, rec.topic, rec.partition, rec.offset)))
+    durable = seen_before(
+        engine, region, [v.envelope.msg_id for _, _, v in decided if isinstance(v, Accepted)]
+    )
+    cp = Checkpoint(region=region, group_id=group_id, dead_letter_topic=dead_letter_topic, now=now)
+    in_batch: set[str] = set()
+    for rec, raw, verdict in decided:
+        if isinstance(verdict, Accepted):
+            msg_id = verdict.envelope.msg_id
+            if msg_id in durable or msg_id in in_batch:
+                where = "an earlier batch" if msg_id in durable else "this batch"
+                verdict = Rejected(
+                    RejectReason.REPLAY, f"msg_id {msg_id} already accepted in {where}",
+                    verdict.envelope,
+                )  # fmt: skip
+            else:
+                in_batch.add(msg_id)
+        if isinstance(verdict, Accepted):
+            cp.accept(verdict, rec.topic, rec.partition, rec.offset)
+        else:
+            cp.reject(verdict, raw, rec.topic, rec.partition, rec.offset)
+    return cp

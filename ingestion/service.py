@@ -1,0 +1,321 @@
+"""``IngestionApp``: one region's ingestion service, one object wiring everything.
+
+Like Quix Streams' ``Application``: the app owns the database engine, the DLQ producer and
+the consumer, enters them in ``__enter__`` and closes them in ``__exit__``. Its loop is:
+
+    poll a batch -> validate each record -> reject replays -> checkpoint (DLQ, DB, Kafka)
+
+Exactly-once counting rests on the database, not on Kafka's group offsets: the rebalance
+listener seeks every newly assigned partition to the next offset stored in the database (in
+the same transaction as the results), and a checkpoint refuses a batch that starts before
+that offset. A crash anywhere therefore re-reads at most the batch in flight, whose results
+were never committed. See :mod:`ingestion.checkpoint` for the ordered steps.
+
+Bad input never raises: it becomes a dead letter and an audit row. Infrastructure failures
+(database, DLQ) fail the checkpoint; the app rewinds to the durable offsets and retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from types import FrameType, TracebackType
+from typing import Any
+
+import structlog
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+    TopicPartition,
+)
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from sqlalchemy import Engine, select
+
+from deploy.settings import SottoSettings
+from ingestion.checkpoint import Checkpoint
+from ingestion.db import consumer_offsets, open_database, reading
+from ingestion.keyring import KeyWatcher
+from ingestion.processor import build_checkpoint
+from ingestion.stats import IngestStats
+from ingestion.validator import Validator
+from privacy.wire import utcnow
+
+log = structlog.get_logger(__name__)
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    "fetch_max_bytes": 64 * 1024 * 1024,
+    "max_partition_fetch_bytes": 8 * 1024 * 1024,
+    "fetch_max_wait_ms": 100,
+}
+
+
+class _SeekFromDatabase(ConsumerRebalanceListener):
+    """On assignment, resume each partition where the database says, not where Kafka says."""
+
+    def __init__(self, app: IngestionApp) -> None:
+        self._app = app
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        # Batches are checkpointed before the next poll, so nothing is in flight here.
+        log.info("partitions_revoked", region=self._app.region, partitions=_names(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._app.seek_to_durable(assigned)
+
+
+def _names(tps: Any) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
+
+
+class IngestionApp:
+    """Consume ``region``'s ingest topic (plus ``extra_topics``) into the region database.
+
+    ``extra_topics`` exists to prove the topic check: records from any topic that is not the
+    region's ingest topic are dead-lettered as ``topic_region_mismatch``.
+    """
+
+    def __init__(
+        self,
+        settings: SottoSettings,
+        region: str,
+        *,
+        extra_topics: Sequence[str] = (),
+        group_id: str | None = None,
+        consumer_config: dict[str, Any] | None = None,
+        create_topics: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.region = region
+        self.config = settings.policy.region(region)
+        self.group_id = group_id or f"{settings.ingest.group_prefix}-{region}"
+        self.topics = [self.config.t.ingest, *[t for t in extra_topics if t != self.config.t.ingest]]
+        self.stats = IngestStats()
+        self._consumer_config = {**CONSUMER_DEFAULTS, **(consumer_config or {})}
+        self._create_topics = create_topics
+        self._stop = threading.Event()
+        self._keys = KeyWatcher(settings.policy, region)
+        self._validator = self._new_validator()
+        self._engine: Engine | None = None
+        self._producer: KafkaProducer | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._log = log.bind(region=region, group=self.group_id)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> IngestionApp:
+        servers = self.config.bootstrap_servers
+        self._engine = open_database(self.config.database_url)
+        if self._create_topics:
+            self.ensure_topics()
+        self._producer = KafkaProducer(
+            bootstrap_servers=servers, acks="all", linger_ms=5,
+            client_id=f"sotto-ingest-dlq-{self.region}",
+        )  # fmt: skip
+        ingest = self.settings.ingest
+        config: dict[str, Any] = {
+            "max_poll_records": ingest.batch_max_records,
+            "session_timeout_ms": ingest.session_timeout_ms,
+            "heartbeat_interval_ms": max(1000, ingest.session_timeout_ms // 4),
+            **self._consumer_config,
+        }
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=servers,
+            group_id=self.group_id,
+            client_id=f"sotto-ingest-{self.region}",
+            **config,
+        )
+        self._consumer.subscribe(self.topics, listener=_SeekFromDatabase(self))
+        self._log.info("ingestion_started", topics=self.topics)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close(autocommit=False)
+            self._consumer = None
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=10)
+            self._producer = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        self._log.info("ingestion_stopped", **self.stats.as_dict())
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("IngestionApp is not started; use it as a context manager")
+        return self._engine
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch, checkpoint it and return."""
+        self._stop.set()
+
+    def ensure_topics(self) -> None:
+        """Create the region's topics that do not exist yet (partitions from the policy)."""
+        admin = KafkaAdminClient(bootstrap_servers=self.config.bootstrap_servers)
+        try:
+            existing = set(admin.list_topics())
+            missing = [t for t in self.config.t.all() if t not in existing]
+            if missing:
+                new = [NewTopic(t, self.config.partitions, replication_factor=-1) for t in missing]
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics(new)
+                self._log.info("topics_created", topics=missing)
+        finally:
+            admin.close()
+
+    # -- offsets --------------------------------------------------------------------------
+    def durable_offsets(self) -> dict[tuple[str, int], int]:
+        """Next offsets stored in the database for this group (the source of truth)."""
+        c = consumer_offsets.c
+        stmt = select(c.topic, c.partition, c.next_offset).where(c.group_id == self.group_id)
+        with reading(self.engine) as conn:
+            return {(r.topic, r.partition): int(r.next_offset) for r in conn.execute(stmt)}
+
+    def seek_to_durable(self, partitions: Any) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        stored = self.durable_offsets()
+        for tp in partitions:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+        self._log.info(
+            "partitions_assigned",
+            partitions={f"{tp.topic}[{tp.partition}]": stored.get((tp.topic, tp.partition), 0)
+                        for tp in partitions},
+        )  # fmt: skip
+
+    # -- the loop -------------------------------------------------------------------------
+    def _new_validator(self) -> Validator:
+        return Validator(
+            self.region, self.settings.policy, self._keys.keyring,
+            max_bytes=self.settings.ingest.max_envelope_bytes,
+        )  # fmt: skip
+
+    def poll_once(self, timeout_ms: int | None = None) -> int:
+        """Poll one batch and checkpoint it; returns the number of records handled."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("IngestionApp is not started; use it as a context manager")
+        timeout = self.settings.ingest.poll_timeout_ms if timeout_ms is None else timeout_ms
+        batch = consumer.poll(timeout_ms=timeout)
+        if not batch:
+            return 0
+        if self.stats.first_record_at is None:
+            self.stats.first_record_at = time.perf_counter()
+        if self._keys.changed():
+            self._validator = self._new_validator()
+        records = [r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]]
+        cp = build_checkpoint(
+            records, validator=self._validator, engine=self.engine, group_id=self.group_id,
+            dead_letter_topic=self.config.t.dead_letter, now=utcnow(),
+        )  # fmt: skip
+        self._commit(cp, list(batch))
+        return len(records)
+
+    def _commit(self, cp: Checkpoint, partitions: list[TopicPartition]) -> None:
+        assert self._producer is not None and self._consumer is not None
+        try:
+            cp.commit(producer=self._producer, engine=self.engine, consumer=self._consumer)
+        except Exception as exc:
+            self.stats.checkpoint_failures += 1
+            self._log.warning(
+                "checkpoint_failed", error=exc.__class__.__name__, detail=str(exc)[:300],
+                records=sum(s.next - s.first for s in cp.spans.values()),
+            )  # fmt: skip
+            self.seek_to_durable(self._consumer.assignment() or partitions)
+            time.sleep(min(5.0, 0.2 * 2 ** min(self.stats.checkpoint_failures, 5)))
+            return
+        self.stats.batches += 1
+        self.stats.records += sum(s.next - s.first for s in cp.spans.values())
+        self.stats.accepted += len(cp.accepted)
+        self.stats.dead_letters += len(cp.dead_letters)
+        for dl in cp.dead_letters:
+            self.stats.rejected[dl.reason.value] += 1
+            self._log.info(
+                "rejected", reason=dl.reason.value, detail=dl.detail[:200],
+                topic=dl.source_topic, partition=dl.source_partition, offset=dl.source_offset,
+            )  # fmt: skip
+        self.stats.last_commit_at = time.perf_counter()
+        self._log.debug("checkpoint", accepted=len(cp.accepted), rejected=len(cp.dead_letters))
+
+    def _assigned(self) -> bool:
+        return self._consumer is not None and bool(self._consumer.assignment())
+
+    def caught_up(self) -> bool:
+        """True once partitions are assigned and every position has reached the log end."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        assigned = consumer.assignment()
+        if not assigned:
+            return False
+        ends = consumer.end_offsets(list(assigned))
+        return all(consumer.position(tp) >= ends[tp] for tp in assigned)
+
+    def process_available(self, timeout_s: float = 60.0) -> int:
+        """Consume until caught up with the log end (or ``timeout_s``); for tests and benches."""
+        deadline = time.monotonic() + timeout_s
+        handled = 0
+        while time.monotonic() < deadline:
+            n = self.poll_once(timeout_ms=200)
+            handled += n
+            if n == 0 and self.caught_up():
+                break
+        return handled
+
+    def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> IngestStats:
+        """Run until ``stop_event``/``stop()``/SIGTERM/SIGINT, or ``max_idle_s`` without records.
+
+        A signal only sets a flag: the batch in hand is checkpointed before the loop returns.
+        """
+        stop = stop_event or self._stop
+        with self._signals(stop):
+            idle_since = time.monotonic()
+            while not stop.is_set() and not self._stop.is_set():
+                if self.poll_once() > 0 or not self._assigned():
+                    # idle means "assigned and nothing to read": a rebalance that waits for a
+                    # killed member's session to expire is not idleness
+                    idle_since = time.monotonic()
+                elif max_idle_s is not None and time.monotonic() - idle_since >= max_idle_s:
+                    break
+        return self.stats
+
+    @contextlib.contextmanager
+    def _signals(self, stop: threading.Event) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def _handler(signum: int, _frame: FrameType | None) -> None:
+            self._log.info("stopping", signal=signal.Signals(signum).name)
+            stop.set()
+            self._stop.set()
+
+        previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)

@@ -1,0 +1,36 @@
+"""Counters of one ingestion app, updated only after a checkpoint is durable.
+
+Plain integers (no Prometheus dependency here) so the metrics exporter can read them later;
+``rejected`` is keyed by :class:`privacy.wire.RejectReason` value.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class IngestStats:
+    records: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    dead_letters: int = 0
+    batches: int = 0
+    checkpoint_failures: int = 0
+    first_record_at: float | None = None  # time.perf_counter() of the first polled record
+    last_commit_at: float | None = None  # time.perf_counter() after the last checkpoint
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "records": self.records,
+            "accepted": self.accepted,
+            "rejected": dict(sorted(self.rejected.items())),
+            "dead_letters": self.dead_letters,
+            "batches": self.batches,
+            "checkpoint_failures": self.checkpoint_failures,
+        }

@@ -1,0 +1,103 @@
+"""Key rotation and retirement seen by a running service; audit chain and offset fence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import delete, update
+
+from deploy import keystore
+from deploy.settings import SottoSettings
+from ingestion.aggregates import aggregates
+from ingestion.audit import verify_chain
+from ingestion.checkpoint import Checkpoint
+from ingestion.db import audit_log, open_database
+from ingestion.errors import OffsetFenceError
+from ingestion.keyring import load_keyring
+from ingestion.service import IngestionApp
+from ingestion.validator import Accepted, Rejected, Validator
+from privacy.envelope import seal
+from privacy.wire import RejectReason, utcnow
+from tests.ingestion.helpers import dead_letters, produce, random_summary
+
+pytestmark = pytest.mark.kafka
+
+
+def test_rotate_then_retire_while_running(settings: SottoSettings) -> None:
+    rng = np.random.default_rng(5)
+    eu = settings.policy.region("eu")
+    old_key = keystore.load_keyset(eu.keyset_dir).current()
+
+    def sealed(key, rnd: int) -> bytes:  # type: ignore[no-untyped-def]
+        return seal(random_summary(rng), key=key, cohort="k", round=rnd).to_bytes()
+
+    with IngestionApp(settings, "eu") as app:
+        produce(settings.kafka_bootstrap or "", eu.t.ingest, [sealed(old_key, 0)])
+        app.process_available(timeout_s=60)
+        assert app.stats.accepted == 1
+
+        in_flight = sealed(old_key, 1)  # sealed before the rotation, delivered after it
+        new_key = keystore.rotate(eu.keyset_dir, "eu").current()
+        produce(settings.kafka_bootstrap or "", eu.t.ingest, [in_flight, sealed(new_key, 1)])
+        app.process_available(timeout_s=60)
+        assert app.stats.accepted == 3, app.stats.rejected  # decrypt_only still decrypts
+
+        late = sealed(old_key, 2)
+        keystore.retire(eu.keyset_dir, old_key.key_id)
+        produce(settings.kafka_bootstrap or "", eu.t.ingest, [late, sealed(new_key, 2)])
+        app.process_available(timeout_s=60)
+        assert app.stats.accepted == 4
+        assert app.stats.rejected == {RejectReason.RETIRED_KEY.value: 1}
+        assert [a.count for a in aggregates(app.engine, "eu")] == [1, 2, 1]
+
+        engine = app.engine
+        assert verify_chain(engine, "eu") == (True, None)
+        with engine.begin() as conn:  # an insider edits one decision
+            conn.execute(update(audit_log).where(audit_log.c.seq == 3).values(cohort="forged"))
+        assert verify_chain(engine, "eu") == (False, 3)
+
+    dls = dead_letters(settings.kafka_bootstrap or "", eu.t.dead_letter)
+    assert [(d.reason, d.original) for d in dls] == [(RejectReason.RETIRED_KEY, late)]
+
+
+def test_deleted_audit_row_breaks_the_chain(settings: SottoSettings) -> None:
+    rng = np.random.default_rng(6)
+    eu = settings.policy.region("eu")
+    key = keystore.load_keyset(eu.keyset_dir).current()
+    values = [seal(random_summary(rng), key=key, cohort="a", round=0).to_bytes() for _ in range(5)]
+    produce(settings.kafka_bootstrap or "", eu.t.ingest, [*values, b"junk"], partition=0)
+    with IngestionApp(settings, "eu") as app:
+        app.process_available(timeout_s=60)
+        assert verify_chain(app.engine, "eu") == (True, None)
+        with app.engine.begin() as conn:
+            conn.execute(delete(audit_log).where(audit_log.c.seq == 4))
+        assert verify_chain(app.engine, "eu") == (False, 5)
+
+
+def test_checkpoint_refuses_offsets_that_go_backwards(settings: SottoSettings) -> None:
+    rng = np.random.default_rng(8)
+    policy = settings.policy
+    eu = policy.region("eu")
+    validator = Validator("eu", policy, load_keyring(policy, "eu"), max_bytes=65536)
+    key = keystore.load_keyset(eu.keyset_dir).current()
+    engine = open_database(eu.database_url)
+
+    def checkpoint(offset: int) -> Checkpoint:
+        raw = seal(random_summary(rng), key=key, cohort="f", round=0).to_bytes()
+        verdict = validator.validate(raw, eu.t.ingest, 0, offset)
+        assert isinstance(verdict, Accepted)
+        cp = Checkpoint(region="eu", group_id="g", dead_letter_topic=eu.t.dead_letter, now=utcnow())
+        cp.accept(verdict, eu.t.ingest, 0, offset)
+        return cp
+
+    checkpoint(10).commit(producer=None, engine=engine)  # type: ignore[arg-type]
+    stale = checkpoint(10)  # e.g. a zombie consumer re-committing the same record
+    with pytest.raises(OffsetFenceError):
+        stale.commit(producer=None, engine=engine)  # type: ignore[arg-type]
+    assert stale.status.value == "failed"
+    assert [a.count for a in aggregates(engine, "eu")] == [1]  # nothing of it was written
+    checkpoint(11).commit(producer=None, engine=engine)  # type: ignore[arg-type]
+    assert [a.count for a in aggregates(engine, "eu")] == [2]
+    assert verify_chain(engine, "eu") == (True, None)
+    assert isinstance(validator.validate(b"{}", "elsewhere"), Rejected)
+    engine.dispose()
