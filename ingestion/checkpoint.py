@@ -37,7 +37,7 @@ from ingestion.audit import AuditEvent
 from ingestion.db import consumer_offsets, seen_messages
 from ingestion.errors import CheckpointError, OffsetFenceError
 from ingestion.validator import Accepted, Rejected
-from privacy.wire import DeadLetter
+from privacy.wire import DeadLetter, RejectReason
 
 log = structlog.get_logger(__name__)
 
@@ -101,11 +101,17 @@ class Checkpoint:
     ) -> None:
         self._guard()
         self._advance(topic, partition, offset)
+        detail, original = verdict.detail, raw
+        if verdict.reason is RejectReason.TOPIC_REGION_MISMATCH:
+            # Another region's record must not be copied into this region: the dead letter
+            # keeps the reason and the source coordinates (the original stays, untouched, on
+            # its own region's topic, so nothing is lost), never the bytes.
+            detail, original = f"{detail}; original withheld (another region's data)", b""
         self.dead_letters.append(
             DeadLetter(
-                reason=verdict.reason, detail=verdict.detail, region=self.region,
+                reason=verdict.reason, detail=detail, region=self.region,
                 source_topic=topic, source_partition=partition, source_offset=offset,
-                rejected_at=self.now, original=raw,
+                rejected_at=self.now, original=original,
             )
         )  # fmt: skip
         env = verdict.envelope
