@@ -45,9 +45,10 @@ def _broker(target: SottoSettings | str | None, tmp: Path) -> Iterator[str]:
     if os.environ.get("SOTTO_KAFKA_BOOTSTRAP"):
         yield os.environ["SOTTO_KAFKA_BOOTSTRAP"]
         return
-    from deploy.kafka_local import LocalKafka, free_port
+    from deploy.kafka_local import LocalKafka, free_ports
 
-    broker = LocalKafka(data_dir=tmp / "kafka", port=free_port(), controller_port=free_port())
+    port, controller_port = free_ports(2)
+    broker = LocalKafka(data_dir=tmp / "kafka", port=port, controller_port=controller_port)
     broker.start()
     try:
         yield broker.bootstrap

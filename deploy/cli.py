@@ -168,6 +168,40 @@ def ingest(
     console.print(stats.as_dict())
 
 
+@app.command()
+def learn(
+    region: Annotated[str, typer.Option(help="region to learn for")],
+    max_idle_s: Annotated[float | None, typer.Option(help="exit after this long without records")] = None,
+) -> None:
+    """Run REGION's learner: released aggregates in, signed adapters out (until SIGTERM)."""
+    from learner.runner import run_region
+
+    try:
+        stats = run_region(_settings(), region, max_idle_s)
+    except SottoError as exc:
+        _fail(exc)
+    console.print(stats.as_dict())
+
+
+@app.command()
+def demo(
+    rounds: Annotated[int, typer.Option(help="rounds to run")] = 2,
+    devices: Annotated[int, typer.Option(help="devices per cohort")] = 6,
+    cohorts: Annotated[int, typer.Option(help="cohorts per region")] = 2,
+    regions: Annotated[str, typer.Option(help="comma-separated regions")] = "eu,cn",
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("sotto-report"),
+    bootstrap: Annotated[str | None, typer.Option(help="use this broker")] = None,
+) -> None:
+    """Run the platform end to end on this machine and write a report."""
+    from deploy.demo import run_demo
+
+    report = run_demo(
+        rounds=rounds, devices=devices, cohorts=cohorts,
+        regions=tuple(r.strip() for r in regions.split(",")), out_dir=out, bootstrap=bootstrap,
+    )  # fmt: skip
+    raise typer.Exit(0 if report["status"] == "complete" else 130)
+
+
 def _emit(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))

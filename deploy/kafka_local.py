@@ -49,10 +49,20 @@ def fetch(lib_dir: Path = KAFKA_DIR / "lib", *, quiet: bool = True) -> Path:
     return lib_dir
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all sockets held open together, so no repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def _port_open(port: int) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.kafka_local import LocalKafka, free_port
+from deploy.kafka_local import LocalKafka, free_ports
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +23,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield external
         return
     data_dir = tmp_path_factory.mktemp("kafka")
-    port = free_port()
-    broker = LocalKafka(data_dir=data_dir, port=port, controller_port=free_port())
+    port, controller_port = free_ports(2)
+    broker = LocalKafka(data_dir=data_dir, port=port, controller_port=controller_port)
     broker.start()
     try:
         yield broker.bootstrap

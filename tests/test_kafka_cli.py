@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from deploy.kafka_local import free_port
+from deploy.kafka_local import free_ports
 
 SOTTO = [sys.executable, "-m", "deploy"]
 
@@ -17,9 +18,20 @@ def _sotto(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     return subprocess.run([*SOTTO, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def _port_with_free_successor() -> int:
+    for port in free_ports(16):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
 def test_kafka_up_status_down(tmp_path: Path) -> None:
     data = tmp_path / "k"
-    port = free_port()
+    port = _port_with_free_successor()  # the CLI's controller listens on port + 1
     up = _sotto("kafka", "up", "--port", str(port), "--data-dir", str(data))
     assert up.returncode == 0, up.stderr
     try:
