@@ -252,6 +252,29 @@ def bench_ingest(
     _emit(result, as_json)
 
 
+@privacy_app.command("report")
+def privacy_report(
+    region: Annotated[str | None, typer.Option(help="only this region")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Epsilon spent and left per cohort, from each region's ledger (read-only)."""
+    from ingestion.ledger_store import report_policy
+
+    try:
+        rows = [r.as_dict() for r in report_policy(_settings().policy, region)]
+    except SottoError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"cohorts": rows}, indent=2, sort_keys=True))
+        return
+    print("region\tcohort\trounds\tepsilon_spent\tepsilon_left\tbudget_epsilon\tbudget_delta")
+    for r in rows:
+        print(
+            f"{r['region']}\t{r['cohort']}\t{r['rounds']}\t{r['epsilon_spent']:.6g}\t"
+            f"{r['epsilon_left']:.6g}\t{r['budget_epsilon']:g}\t{r['budget_delta']:g}"
+        )
+
+
 def main() -> None:  # pragma: no cover - console entry point shim
     try:
         app()

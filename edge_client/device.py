@@ -39,6 +39,7 @@ from privacy.wire import ID_PATTERN, Envelope, RoundSummary, utcnow
 
 if TYPE_CHECKING:
     from deploy.settings import SottoSettings
+    from edge_client.round_client import OutboxTransport
 
 
 class SendReceipt(NamedTuple):
@@ -187,6 +188,13 @@ class EdgeDevice:
         if item is not None:
             envelope = Envelope.from_bytes(item.value)
         return SendReceipt(round, envelope.msg_id, self.topic, item is None or item.sent)
+
+    def round_transport(self) -> OutboxTransport:
+        """Send SecAgg+ round payloads exactly like summaries: sealed to the home region's
+        current key, through this device's outbox and producer, to its ingest topic only."""
+        from edge_client.round_client import OutboxTransport
+
+        return OutboxTransport(self._home, self._outbox, self._producer, self.current_key)
 
     def flush(self) -> int:
         """Retry pending envelopes; returns how many the broker acknowledged now."""

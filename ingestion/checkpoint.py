@@ -32,7 +32,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine, and_, select
 
-from ingestion import aggregates, audit
+from ingestion import aggregates, audit, round_sink
 from ingestion.audit import AuditEvent
 from ingestion.db import consumer_offsets, seen_messages
 from ingestion.errors import CheckpointError, OffsetFenceError
@@ -180,9 +180,13 @@ class Checkpoint:
                     ],
                 )  # fmt: skip
                 deltas = aggregates.fold(
-                    (a.envelope.cohort, a.envelope.round, a.summary) for a, _, _, _ in self.accepted
+                    (a.envelope.cohort, a.envelope.round, a.summary)
+                    for a, _, _, _ in self.accepted
+                    if not isinstance(a, round_sink.Routed)
                 )
                 aggregates.apply(conn, self.region, deltas, self.now)
+                routed = [a for a, _, _, _ in self.accepted if isinstance(a, round_sink.Routed)]
+                round_sink.stage(conn, self.region, routed, self.now)  # to the round coordinator
             audit.append(conn, self.region, self.events)
             for (topic, partition), span in self.spans.items():
                 values: dict[str, Any] = {"next_offset": span.next}

@@ -11,12 +11,15 @@ writes nothing (it does not even create a ledger row for a cohort it has never s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, create_engine, inspect, select
+from sqlalchemy.engine import make_url
 
-from ingestion.db import reading
+from ingestion.db import make_engine, reading
 from ingestion.rounds_db import privacy_ledgers
 from privacy.ledger import Budget, Ledger
+from privacy.policy import RegionPolicy
 
 
 def _key(region: str, cohort: str):  # type: ignore[no-untyped-def]
@@ -99,4 +102,27 @@ def report(engine: Engine, region: str | None = None) -> list[CohortBudget]:
                     budget_delta=budget.delta,
                 )
             )
+    return out
+
+
+def report_policy(policy: RegionPolicy, region: str | None = None) -> list[CohortBudget]:
+    """:func:`report` over every region of a policy (or one), without migrating or creating
+    anything: a region whose database or ledger table does not exist yet reports nothing."""
+    names = [region] if region is not None else sorted(policy.regions)
+    out: list[CohortBudget] = []
+    for name in names:
+        url = policy.region(name).database_url
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            path = parsed.database or ""
+            if path in ("", ":memory:") or not Path(path).expanduser().is_file():
+                continue
+            engine = create_engine(url)  # plain engine: no pragmas, no directory creation
+        else:
+            engine = make_engine(url)
+        try:
+            if inspect(engine).has_table(privacy_ledgers.name):
+                out.extend(report(engine, name))
+        finally:
+            engine.dispose()
     return out

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from sqlalchemy import Engine, select
 
+from ingestion import round_sink
 from ingestion.checkpoint import Checkpoint
 from ingestion.db import reading, seen_messages
 from ingestion.validator import Accepted, Rejected, Validator
@@ -65,6 +66,7 @@ def build_checkpoint(
         engine, region, [v.envelope.msg_id for _, _, v in decided if isinstance(v, Accepted)]
     )
     cp = Checkpoint(region=region, group_id=group_id, dead_letter_topic=dead_letter_topic, now=now)
+    decided = round_sink.screen_verdicts(engine, region, decided, durable)
     in_batch: set[str] = set()
     for rec, raw, verdict in decided:
         if isinstance(verdict, Accepted):

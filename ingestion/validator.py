@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import privacy.round_wire  # noqa: F401  (registers the SecAgg+ payload types)
 from privacy.envelope import check_route, open_payload, parse
 from privacy.errors import EnvelopeRejected
 from privacy.keys import KeySet, PrivateKey
@@ -96,6 +97,10 @@ class Validator:
         except EnvelopeRejected as exc:
             return Rejected(RejectReason(exc.reason), exc.detail, env)
         if not isinstance(payload, RoundSummary):
+            from ingestion import round_sink  # SecAgg+ payloads go to the round coordinator
+
+            if round_sink.routes(env.payload_type):
+                return round_sink.Routed.of(env, payload)
             return Rejected(
                 RejectReason.PROTOCOL, f"payload_type {env.payload_type!r} is not ingested here", env
             )

@@ -51,10 +51,12 @@ class AdapterAction(Frozen):
 class RoundPlan(Frozen):
     """What devices of a cohort do in the next round: which adapter is live for everyone,
     which one canary devices (stable hash, ``canary_fraction``) run, and which one every
-    device evaluates in shadow (never shown)."""
+    device evaluates in shadow (never shown). ``previous_version`` is the fallback every device
+    keeps for local rollback; the rollout comparison scores live against it."""
 
     cohort: str
     live_version: int | None = None
     canary_version: int | None = None
     canary_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
     shadow_version: int | None = None
+    previous_version: int | None = None

@@ -1,0 +1,125 @@
+"""One process per region that ingests and coordinates rounds: ``python -m ingestion.round_service``.
+
+:class:`RoundService` runs the region's :class:`~ingestion.service.IngestionApp` (which stores
+SecAgg+ payloads into ``round_messages`` in its exactly-once checkpoint) and a
+:class:`~ingestion.coordinator.RoundCoordinator` on the same database, alternating::
+
+    poll one ingest batch and checkpoint it  ->  coordinator.tick(now)
+
+On start it republishes whatever the outbox still holds (a crash between a decision's commit
+and its publish). Deadline closes wait until ingestion has caught up with the ingest topic,
+so a restarted service first stores what devices sent while it was down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from types import TracebackType
+
+from kafka import KafkaProducer
+
+from deploy.settings import SottoSettings
+from ingestion.coordinator import RoundCoordinator
+from ingestion.service import IngestionApp
+from privacy.ledger import Budget
+from privacy.wire import utcnow
+
+
+class RoundService:
+    """Ingestion plus the round coordinator of one region, as one context manager."""
+
+    def __init__(
+        self,
+        settings: SottoSettings,
+        region: str,
+        *,
+        budget: Budget,
+        clock: Callable[[], datetime] = utcnow,
+        allow_unnoised: bool = False,
+        group_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.region = region
+        self.budget = budget
+        self.clock = clock
+        self.allow_unnoised = allow_unnoised
+        self.app = IngestionApp(settings, region, group_id=group_id)
+        self._producer: KafkaProducer | None = None
+        self._coordinator: RoundCoordinator | None = None
+
+    def __enter__(self) -> RoundService:
+        self.app.__enter__()
+        self._producer = KafkaProducer(
+            bootstrap_servers=self.app.config.bootstrap_servers,
+            acks="all",
+            linger_ms=2,
+            max_request_size=8 * 1024 * 1024,
+            client_id=f"sotto-rounds-{self.region}",
+        )
+        self._coordinator = RoundCoordinator(
+            self.app.engine,
+            self._producer,
+            self.app.config,
+            budget=self.budget,
+            allow_unnoised=self.allow_unnoised,
+            max_envelope_bytes=self.settings.ingest.max_envelope_bytes,
+        )
+        self._coordinator.publish()  # finish what a previous run decided but did not publish
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=10)
+            self._producer = None
+        self.app.__exit__(exc_type, exc, tb)
+
+    @property
+    def coordinator(self) -> RoundCoordinator:
+        if self._coordinator is None:
+            raise RuntimeError("RoundService is not started; use it as a context manager")
+        return self._coordinator
+
+    def step(self, timeout_ms: int = 100) -> int:
+        """One ingest batch and one coordinator tick; returns stages closed."""
+        handled = self.app.poll_once(timeout_ms=timeout_ms)
+        caught_up = handled == 0 and self.app.caught_up()
+        return self.coordinator.tick(self.clock(), allow_deadline=caught_up)
+
+    def run(self, stop: threading.Event, timeout_ms: int = 100) -> None:
+        while not stop.is_set():
+            self.step(timeout_ms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ingestion.runner import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m ingestion.round_service")
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--budget-epsilon", type=float, default=10.0)
+    parser.add_argument("--budget-delta", type=float, default=1e-5)
+    args = parser.parse_args(argv)
+    settings = SottoSettings()
+    configure_logging(settings.log_level, settings.log_json)
+    stop = threading.Event()
+    budget = Budget(epsilon=args.budget_epsilon, delta=args.budget_delta)
+    with RoundService(settings, args.region, budget=budget) as service:
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        service.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""The learner's checkpoint: one consumed record's results become durable in ordered steps.
+
+A :class:`LearnerCheckpoint` holds what one record of ``<region>.aggregates`` decided: either a
+refusal, or a learned release (the learner's new state, its plan, its actions). Commit runs:
+
+1. **One database transaction** (all or nothing):
+   a. the offset fence: refuse a record before the stored next offset (a zombie or a re-read
+      would otherwise learn it twice);
+   b. for a learned release: refuse if ``(region, cohort, round)`` is already learned, or if
+      the cohort's stored ``revision`` is not the one this learner was loaded at; then record
+      the actions (registry rows, history, signed artifacts into ``adapter_outbox``,
+      :mod:`learner.recorder`), queue the plan if it changed, store the learner state;
+   c. for a refusal: a ``learner_refusals`` row;
+   d. the next offset.
+2. **Publish the outbox** (the service, :mod:`learner.adapter_topic`): produce every pending
+   row with an idempotent producer (acks=all), flush, then mark them published. A crash
+   between produce and mark republishes identical bytes under the same compacted keys, which
+   devices apply idempotently: at-least-once delivery, exactly-once effect.
+3. **Kafka group offsets**, a mirror for lag dashboards only.
+
+Like ingestion's checkpoint, each step runs once, in order, and the object has a status
+(``open`` -> ``committed`` | ``failed``) checked on every method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, select
+
+from learner.actions import AdapterAction, RoundPlan
+from learner.artifacts import OutboxItem, Signer, plan_key
+from learner.intake import Refusal
+from learner.recorder import ActionRecorder
+from learner.registry import (
+    adapter_outbox,
+    learner_offsets,
+    learner_refusals,
+    learner_releases,
+    learner_state,
+)
+from learner.service_errors import (
+    CheckpointError,
+    InvalidActionsError,
+    OffsetFenceError,
+    StaleLearnerError,
+)
+from privacy.errors import LocalProtocolError
+from privacy.wire import ReleasedAggregate
+
+
+class CheckpointStatus(StrEnum):
+    OPEN = "open"
+    COMMITTED = "committed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """What learning one release produced, before it is durable."""
+
+    release: ReleasedAggregate
+    actions: list[AdapterAction]
+    state: bytes
+    plan: RoundPlan
+    expected_revision: int | None  # the stored revision the learner was loaded at
+
+
+@dataclass
+class LearnerCheckpoint:
+    """One record's pending result; :meth:`commit` makes it durable (see module docs)."""
+
+    region: str
+    group_id: str
+    topic: str
+    partition: int
+    offset: int
+    now: datetime
+    status: CheckpointStatus = CheckpointStatus.OPEN
+    learned: Learned | None = None
+    refusal: Refusal | None = None
+    outbox: list[OutboxItem] = field(default_factory=list)
+    revision: int | None = None  # the cohort's new revision once committed
+
+    def _guard(self) -> None:
+        if self.status is not CheckpointStatus.OPEN:
+            raise CheckpointError(f"checkpoint is {self.status.value}, not open")
+        if self.learned is not None or self.refusal is not None:
+            raise CheckpointError("a checkpoint holds exactly one record's result")
+
+    def learn(self, learned: Learned) -> None:
+        self._guard()
+        self.learned = learned
+
+    def refuse(self, refusal: Refusal) -> None:
+        self._guard()
+        self.refusal = refusal
+
+    def commit(self, engine: Engine, signer: Signer) -> None:
+        """Step 1: the one transaction. On any failure the status becomes ``failed`` and
+        nothing of this record is durable."""
+        if self.status is not CheckpointStatus.OPEN or (self.learned is None) == (
+            self.refusal is None
+        ):
+            raise CheckpointError("commit needs an open checkpoint with one result")
+        try:
+            with engine.begin() as conn:
+                stored = self._fence(conn)
+                if self.learned is not None:
+                    self._store_learned(conn, signer, self.learned)
+                else:
+                    assert self.refusal is not None
+                    self._store_refusal(conn, self.refusal)
+                self._store_offset(conn, stored)
+        except Exception:
+            self.status = CheckpointStatus.FAILED
+            self.outbox = []
+            raise
+        self.status = CheckpointStatus.COMMITTED
+
+    # -- 1a --------------------------------------------------------------------------------
+    def _offset_key(self) -> Any:
+        c = learner_offsets.c
+        return and_(c.group_id == self.group_id, c.topic == self.topic, c.partition == self.partition)
+
+    def _fence(self, conn: Connection) -> int | None:
+        stmt = select(learner_offsets.c.next_offset).where(self._offset_key())
+        if conn.dialect.name != "sqlite":
+            stmt = stmt.with_for_update()
+        value = conn.execute(stmt).scalar()
+        if value is not None and self.offset < value:
+            raise OffsetFenceError(
+                f"{self.topic}[{self.partition}]@{self.offset}: offsets up to {value} are durable"
+            )
+        return None if value is None else int(value)
+
+    # -- 1b --------------------------------------------------------------------------------
+    def _store_learned(self, conn: Connection, signer: Signer, learned: Learned) -> None:
+        rel = learned.release
+        r = learner_releases.c
+        seen = conn.execute(
+            select(r.round).where(r.region == rel.region, r.cohort == rel.cohort, r.round == rel.round)
+        ).first()
+        if seen is not None:
+            raise StaleLearnerError(f"{rel.key().decode()} is already learned")
+        s = learner_state.c
+        where = and_(s.region == rel.region, s.cohort == rel.cohort)
+        row = conn.execute(select(s.revision, s.last_round, s.plan).where(where)).first()
+        stored_revision = None if row is None else int(row.revision)
+        if stored_revision != learned.expected_revision:
+            raise StaleLearnerError(
+                f"{rel.cohort}: stored revision {stored_revision}, "
+                f"learner loaded at {learned.expected_revision}"
+            )
+        try:
+            self.outbox = ActionRecorder(conn, signer, rel, self.now).record(learned.actions)
+        except (LocalProtocolError, ValueError) as exc:
+            raise InvalidActionsError(str(exc)) from exc
+        plan = learned.plan.model_dump(mode="json")
+        if row is None or row.plan != plan:
+            self.outbox.append(
+                OutboxItem(rel.cohort, None, "plan", plan_key(rel.cohort), learned.plan.model_dump_json().encode())
+            )
+        self.revision = (stored_revision or 0) + 1
+        values = {
+            "state": learned.state, "last_round": max(rel.round, row.last_round if row else rel.round),
+            "revision": self.revision, "plan": plan, "updated_at": self.now,
+        }  # fmt: skip
+        if row is None:
+            conn.execute(learner_state.insert().values(region=rel.region, cohort=rel.cohort, **values))
+        else:
+            conn.execute(learner_state.update().where(where).values(**values))
+        conn.execute(
+            learner_releases.insert().values(
+                region=rel.region, cohort=rel.cohort, round=rel.round, topic=self.topic,
+                partition=self.partition, offset=self.offset, epsilon_spent=rel.epsilon_spent,
+                participants=rel.participants, actions=len(learned.actions), applied_at=self.now,
+            )
+        )  # fmt: skip
+        if self.outbox:
+            conn.execute(
+                adapter_outbox.insert(),
+                [
+                    {"region": self.region, "cohort": o.cohort, "version": o.version,
+                     "kind": o.kind, "record_key": o.key, "value": o.value,
+                     "created_at": self.now, "published_at": None}
+                    for o in self.outbox
+                ],
+            )  # fmt: skip
+
+    # -- 1c --------------------------------------------------------------------------------
+    def _store_refusal(self, conn: Connection, refusal: Refusal) -> None:
+        rel = refusal.release
+        conn.execute(
+            learner_refusals.insert().values(
+                region=self.region, topic=self.topic, partition=self.partition,
+                offset=self.offset, reason=refusal.reason.value, detail=refusal.detail[:512],
+                claimed_region=rel.region if rel else None, cohort=rel.cohort if rel else None,
+                round=rel.round if rel else None, at=self.now,
+            )
+        )  # fmt: skip
+
+    # -- 1d --------------------------------------------------------------------------------
+    def _store_offset(self, conn: Connection, stored: int | None) -> None:
+        if stored is None:
+            conn.execute(
+                learner_offsets.insert().values(
+                    group_id=self.group_id, topic=self.topic, partition=self.partition,
+                    next_offset=self.offset + 1,
+                )
+            )  # fmt: skip
+        else:
+            conn.execute(
+                learner_offsets.update().where(self._offset_key()).values(next_offset=self.offset + 1)
+            )

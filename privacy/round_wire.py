@@ -1,0 +1,197 @@
+"""Wire contracts of a SecAgg+ round over Kafka: what travels on ``<region>.rounds`` and which
+device payloads ride in envelopes on ``<region>.ingest``.
+
+Devices -> region (HPKE envelopes on the ingest topic, one payload each):
+
+* :class:`Checkin` (``secagg_checkin``): "a device of this cohort is available". It carries
+  a fresh random ``token`` instead of any device id, so the backend cannot link a device's
+  rounds; the device recognises itself in :class:`RoundOpen` by its token.
+* the SecAgg+ client messages (``secagg_advertise``, ``secagg_shares``, ``masked_input``,
+  ``secagg_unmask_shares``), registered here as envelope payloads.
+
+Region -> devices (clear JSON on the rounds topic, keyed by ``round_id``): :class:`RoundOpen`,
+the SecAgg+ server messages (``secagg_neighbours``, ``secagg_forward``, ``secagg_unmask``),
+and :class:`RoundClosed`. Nothing on the rounds topic is secret: public parameters, public
+keys, AEAD ciphertexts only the addressee can open, and survivor/dropped id lists.
+
+Pure data, no I/O (like the rest of :mod:`privacy`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, model_validator
+
+from privacy import dp, quantize
+from privacy.round import RoundPlan
+from privacy.secagg.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    ForwardedShares,
+    MaskedInput,
+    NeighbourKeys,
+    RoundParams,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from privacy.wire import ID_PATTERN, REGION_PATTERN, Frozen, register_payload
+
+TOKEN_PATTERN = r"^[0-9a-f]{32}$"
+
+# The device-side stage names (as in privacy.secagg.simulate.STAGES) and the client message
+# type that answers each; the coordinator collects them in this order.
+STAGE_OF_TYPE: dict[str, str] = {
+    "secagg_advertise": "advertise",
+    "secagg_shares": "shares",
+    "masked_input": "masked",
+    "secagg_unmask_shares": "unmask",
+}
+CLIENT_PAYLOADS = frozenset(STAGE_OF_TYPE)
+
+
+def round_id_for(region: str, cohort: str, round: int) -> str:
+    """The SecAgg+ round id: unique per (region, cohort, round), so masks, share encryption
+    and every message are bound to exactly one round of one cohort of one region."""
+    rid = f"{region}:{cohort}:{round}"
+    if len(rid) <= 64:
+        return rid
+    digest = hashlib.sha256(cohort.encode()).hexdigest()[:16]
+    return f"{region}:{digest}:{round}"
+
+
+class Checkin(Frozen):
+    """A device announces it can take part in its cohort's next round (no device id)."""
+
+    type: Literal["secagg_checkin"] = "secagg_checkin"
+    v: Literal[1] = 1
+    token: Annotated[str, Field(pattern=TOKEN_PATTERN)]
+    layout: Annotated[str, Field(max_length=64)] = ""  # contribution layouts the device has
+
+
+class NoiseSpec(Frozen):
+    """The public fields of :class:`privacy.dp.NoisePlan` (what every client adds)."""
+
+    client_variance: Annotated[float, Field(ge=0)]
+    min_clients: Annotated[int, Field(ge=1)]
+    sensitivity: Annotated[float, Field(ge=0)]
+    dim: Annotated[int, Field(ge=1)]
+    noise_multiplier: Annotated[float, Field(ge=0)]
+    bound: Annotated[int, Field(ge=0)]
+
+    @classmethod
+    def of(cls, plan: dp.NoisePlan) -> NoiseSpec:
+        return cls(
+            client_variance=plan.client_variance,
+            min_clients=plan.min_clients,
+            sensitivity=plan.sensitivity,
+            dim=plan.dim,
+            noise_multiplier=plan.noise_multiplier,
+            bound=plan.bound,
+        )
+
+    def to_plan(self) -> dp.NoisePlan:
+        return dp.NoisePlan(**self.model_dump())
+
+
+class RoundOpen(Frozen):
+    """Announces one round to the cohort: its public parameters and who is in it.
+
+    ``participants[cid]`` is the check-in token of the device that plays client ``cid``.
+    ``adapter_plan`` is the learner's current ``learner.actions.RoundPlan`` for the cohort
+    (as its JSON dict; privacy/ does not import learner/), so devices know what to
+    shadow-evaluate; absent when the learner has published none.
+    """
+
+    type: Literal["round_open"] = "round_open"
+    v: Literal[1] = 1
+    region: Annotated[str, Field(pattern=REGION_PATTERN)]
+    cohort: Annotated[str, Field(pattern=ID_PATTERN)]
+    round: Annotated[int, Field(ge=0)]
+    params: RoundParams
+    layout: Annotated[str, Field(max_length=64)]
+    clip: Annotated[float, Field(gt=0)]
+    scale: Annotated[float, Field(gt=0)]
+    noise: NoiseSpec
+    epsilon: Annotated[float, Field(ge=0)]  # this round's epsilon (0: test round, no DP)
+    delta: Annotated[float, Field(ge=0, lt=1)]
+    participants: tuple[Annotated[str, Field(pattern=TOKEN_PATTERN)], ...]
+    stage_timeout_s: Annotated[float, Field(gt=0)]
+    adapter_plan: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoundOpen:
+        if self.params.round_id != round_id_for(self.region, self.cohort, self.round):
+            raise ValueError("params.round_id does not match region, cohort and round")
+        if len(self.participants) != self.params.n:
+            raise ValueError("one participant token per client id is required")
+        if len(set(self.participants)) != len(self.participants):
+            raise ValueError("participant tokens repeat")
+        if self.noise.dim != self.params.dim:
+            raise ValueError("noise plan and round disagree on dim")
+        return self
+
+    @property
+    def round_id(self) -> str:
+        return self.params.round_id
+
+    @property
+    def dim(self) -> int:
+        return self.params.dim
+
+    def plan(self) -> RoundPlan:
+        """The :class:`privacy.round.RoundPlan` a device needs for ``client_input``."""
+        quant = quantize.QuantConfig(
+            dim=self.params.dim, clip=self.clip, scale=self.scale, bits=self.params.bits
+        )
+        return RoundPlan(self.params, quant, self.noise.to_plan())
+
+    def cid_of(self, token: str) -> int | None:
+        try:
+            return self.participants.index(token)
+        except ValueError:
+            return None
+
+
+class RoundClosed(Frozen):
+    """The round is over: ``released`` (a DP sum went to the aggregates topic) or ``aborted``
+    (too many dropouts, nothing released). Devices drop their round state on it."""
+
+    type: Literal["round_closed"] = "round_closed"
+    v: Literal[1] = 1
+    round_id: Annotated[str, Field(pattern=ID_PATTERN)]
+    outcome: Literal["released", "aborted"]
+    reason: Annotated[str, Field(max_length=256)] = ""
+
+
+RoundsMessage = Annotated[
+    RoundOpen | NeighbourKeys | ForwardedShares | UnmaskRequest | RoundClosed,
+    Field(discriminator="type"),
+]
+_ROUNDS = TypeAdapter(RoundsMessage)
+
+
+def parse_rounds_message(
+    raw: bytes,
+) -> RoundOpen | NeighbourKeys | ForwardedShares | UnmaskRequest | RoundClosed:
+    """Bytes from the rounds topic to a message (raises ``pydantic.ValidationError``)."""
+    return _ROUNDS.validate_json(raw)
+
+
+def envelope_bytes_estimate(dim: int, bits: int) -> int:
+    """Upper estimate of the sealed ``masked_input`` envelope for ``dim`` words of ``bits``:
+    base64 of the words in the payload JSON, base64 again around the HPKE ciphertext."""
+    raw = dim * (4 if bits <= 32 else 8)
+    payload = 4 * (raw + 2) // 3 + 256
+    return 4 * (payload + 32 + 16 + 2) // 3 + 512
+
+
+for _name, _model in (
+    ("secagg_checkin", Checkin),
+    ("secagg_advertise", AdvertiseKeys),
+    ("secagg_shares", EncryptedShares),
+    ("masked_input", MaskedInput),
+    ("secagg_unmask_shares", UnmaskResponse),
+):
+    register_payload(_name, _model)
