@@ -10,7 +10,9 @@ from privacy.policy import RegionPolicy
 DEFAULT_REGIONS = ("eu", "cn")
 
 
-def render_policy(home: Path, regions: tuple[str, ...], bootstrap: str) -> str:
+def render_policy(
+    home: Path, regions: tuple[str, ...], bootstrap: str, topic_prefix: str = "sotto"
+) -> str:
     lines = ["# Sotto region policy: each region is its own world.", "version = 1", ""]
     for r in regions:
         lines += [
@@ -21,6 +23,17 @@ def render_policy(home: Path, regions: tuple[str, ...], bootstrap: str) -> str:
             "partitions = 3",
             "",
         ]
+        if topic_prefix != "sotto":
+            p = f"{topic_prefix}.{r}"
+            lines += [
+                f"[regions.{r}.topics]",
+                f'ingest = "{p}.ingest"',
+                f'dead_letter = "{p}.dlq"',
+                f'aggregates = "{p}.aggregates"',
+                f'rounds = "{p}.rounds"',
+                f'adapters = "{p}.adapters"',
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -30,6 +43,7 @@ def init_deployment(
     bootstrap: str = "127.0.0.1:9092",
     *,
     overwrite: bool = False,
+    topic_prefix: str = "sotto",
 ) -> Path:
     """Write ``<home>/regions.toml`` and a fresh HPKE key set per region; returns the policy path."""
     home = Path(home).resolve()
@@ -37,7 +51,7 @@ def init_deployment(
     path = home / "regions.toml"
     if path.exists() and not overwrite:
         return path
-    text = render_policy(home, regions, bootstrap)
+    text = render_policy(home, regions, bootstrap, topic_prefix)
     policy = RegionPolicy.from_toml(text)
     for name, region in policy.regions.items():
         if not (Path(region.keyset_dir) / "keyset.json").exists() or overwrite:

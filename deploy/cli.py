@@ -171,7 +171,9 @@ def ingest(
 @app.command()
 def learn(
     region: Annotated[str, typer.Option(help="region to learn for")],
-    max_idle_s: Annotated[float | None, typer.Option(help="exit after this long without records")] = None,
+    max_idle_s: Annotated[
+        float | None, typer.Option(help="exit after this long without records")
+    ] = None,
 ) -> None:
     """Run REGION's learner: released aggregates in, signed adapters out (until SIGTERM)."""
     from learner.runner import run_region
@@ -200,6 +202,64 @@ def demo(
         regions=tuple(r.strip() for r in regions.split(",")), out_dir=out, bootstrap=bootstrap,
     )  # fmt: skip
     raise typer.Exit(0 if report["status"] == "complete" else 130)
+
+
+@app.command()
+def audit(
+    region: Annotated[str, typer.Option(help="the region to audit")],
+    since: Annotated[str | None, typer.Option(help="ISO time: only decisions from then on")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="report file (default sotto-audit-<region>.json)")
+    ] = None,
+    expect_head: Annotated[
+        str | None, typer.Option(help="archived chain head hash to compare")
+    ] = None,
+) -> None:
+    """Verify a region's audit chain, routing, storage, learning, budget and adapters.
+
+    Exit code 1 when any check fails; the report file is written either way."""
+    from datetime import datetime
+
+    from rich.table import Table
+
+    from deploy.compliance import audit_region, write_report
+
+    try:
+        when = datetime.fromisoformat(since) if since else None
+        report = audit_region(_settings(), region, since=when, expect_head=expect_head)
+    except (SottoError, ValueError) as exc:
+        _fail(exc)
+    path = write_report(report, out or Path(f"sotto-audit-{region}.json"))
+    if as_json:
+        print(report.model_dump_json(indent=2))
+    else:
+        out_console = Console()
+        table = Table(title=f"Compliance audit of region {region}")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("finding")
+        for c in report.checks:
+            table.add_row(c.name, "[green]pass[/green]" if c.ok else "[red]FAIL[/red]", c.summary)
+        out_console.print(table)
+        for c in report.checks:
+            if c.name == "rejections" and c.evidence["by_reason"]:
+                out_console.print(
+                    "rejections: "
+                    + ", ".join(f"{k}={v}" for k, v in sorted(c.evidence["by_reason"].items()))
+                )
+            if c.name == "privacy_budget":
+                for row in c.evidence["cohorts"]:
+                    out_console.print(
+                        f"budget {row['cohort']}: eps spent {row['epsilon_spent']:.3f} of {row['budget_epsilon']:.3f}"
+                    )
+            if c.name == "adapters":
+                for a in c.evidence["adapters"]:
+                    out_console.print(
+                        f"adapter {a['cohort']} v{a['version']} ({a['status']}, parent {a['parent']}) sha256 {str(a['artifact_sha256'])[:12]} signature {'valid' if a['signature_valid'] else a['signature_valid']}"
+                    )
+        out_console.print(f"report written to {path}; overall: {'PASS' if report.ok else 'FAIL'}")
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def _emit(result: dict, as_json: bool) -> None:
@@ -236,9 +296,12 @@ def bench_ingest(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     n: Annotated[int, typer.Option("--n", help="envelopes to produce and ingest")] = 20000,
     bootstrap: Annotated[
-        str | None, typer.Option(help="Kafka bootstrap (default: $SOTTO_KAFKA_BOOTSTRAP or a local broker)")
+        str | None,
+        typer.Option(help="Kafka bootstrap (default: $SOTTO_KAFKA_BOOTSTRAP or a local broker)"),
     ] = None,
-    profile: Annotated[Path | None, typer.Option(help="write a cProfile of the pipeline here")] = None,
+    profile: Annotated[
+        Path | None, typer.Option(help="write a cProfile of the pipeline here")
+    ] = None,
 ) -> None:
     """Ingestion pipeline throughput vs a bare Kafka consumer on the same N envelopes."""
     from deploy.bench_ingest import run_ingest_bench

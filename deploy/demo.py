@@ -67,7 +67,8 @@ def run_demo(
     try:
         with broker(home / "kafka", bootstrap) as boot:
             console.print(f"Kafka: {boot}")
-            init_deployment(home, regions, boot)
+            # a fresh topic set per run: an external broker may hold earlier runs' records
+            init_deployment(home, regions, boot, topic_prefix=f"sotto-demo-{int(time.time())}")
             settings = SottoSettings(home=home, kafka_bootstrap=boot)
             outcomes = run_foundation(
                 settings, home, rounds=rounds, cohorts_per_region=cohorts,

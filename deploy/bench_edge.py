@@ -1,0 +1,144 @@
+"""``sotto bench edge``: what learning costs a phone, measured on one core.
+
+* ``suggest_p50_us`` / ``suggest_p99_us`` — ``DeviceModel.suggest`` with a live adapter, one
+  thread, instruction embedding included (goal p99 <= 1,000 us).
+* ``summary_build_ms_median`` — one round's client work: build the contribution
+  (:func:`edge_client.contribution.build_contribution`, with a shadow and a rollout
+  comparison), clip + quantize + this client's discrete Gaussian noise share
+  (:func:`privacy.round.client_input`), the SecAgg+ client's three stages with ``neighbours``
+  neighbours (key agreement, Shamir shares sealed per neighbour, masking), and the HPKE seal of
+  the masked input (goal <= 20 ms).
+* ``envelope_bytes`` — that sealed envelope; ``adapter_bytes`` — one ORT adapter file (and
+  ``signed_adapter_bytes`` with its manifest and signature); ``adapter_swap_ms`` — verify +
+  load + swap of a signed adapter (``DeviceModel.install``).
+* ``int8_vs_fp32_hit1`` — hit@1 of the int8 base minus the fp32 base, with the same adapter.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_client.contribution import Trunk, build_contribution
+from edge_client.runtime import DeviceModel
+from learner.actions import RoundPlan
+from learner.adapter_format import adapter_to_bytes
+from learner.contribution import LAYOUT_V1
+from learner.dataset import StepArrays
+from learner.finetune import fit_lora
+from learner.model import build_base_model, export_onnx, model_sha256
+from learner.publish import ship_lora
+from learner.quantize_model import quantization_report
+from learner.simulator import Population
+from privacy import prg
+from privacy.envelope import seal
+from privacy.keys import KeyEntry, KeyStatus, PrivateKey
+from privacy.rand import SystemRandomness
+from privacy.round import client_input, plan_round
+from privacy.secagg.messages import MaskedInput
+from privacy.secagg.simulate import RoundStats, run_round
+from privacy.wire import b64e, utcnow
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    net = build_base_model()
+    onnx_bytes = export_onnx(net)
+    trunk = Trunk.from_onnx(onnx_bytes)
+    pop = Population(seed=5, cohorts_per_region=1, devices_per_cohort=20)
+    dev = pop.devices_in("cn-c0")[0]
+    steps = pop.steps_for_round(dev, 1)
+    train = StepArrays.from_steps(
+        s for d in pop.devices_in("cn-c0") for s in pop.steps_for_round(d, 0)
+    )
+    lora = fit_lora(net, train, steps=60)
+    key = Ed25519PrivateKey.generate()
+    sha = model_sha256(onnx_bytes)
+
+    def signed(version: int):  # type: ignore[no-untyped-def]
+        return ship_lora(
+            lora, base_model_sha256=sha, version=version, region="cn", cohort="cn-c0",
+            private_key=key,
+        )  # fmt: skip
+
+    device = DeviceModel(onnx_bytes, key.public_key(), "cn", "cn-c0", device_id=dev.device_id)
+    swaps = []
+    for v in range(1, repeats + 1):
+        art = signed(v)
+        t0 = time.perf_counter()
+        device.install(art)
+        swaps.append((time.perf_counter() - t0) * 1e3)
+
+    lat = []
+    for i in range(calls):
+        s = steps[i % len(steps)]
+        t0 = time.perf_counter()
+        device.suggest(s.instruction, s.context, k=3)
+        lat.append((time.perf_counter() - t0) * 1e6)
+
+    # One round's client work, at a realistic neighbour count (k=30 ~ a 1,000-device round).
+    plan = RoundPlan(cohort="cn-c0", live_version=2, shadow_version=3, previous_version=1)
+    adapters = {1: lora, 2: lora, 3: lora}
+    n = neighbours + 1
+    rplan = plan_round(
+        "bench-edge", n=n, dim=LAYOUT_V1.dim, clip=LAYOUT_V1.clip, scale=2.0**12,
+        epsilon=1.0, delta=1e-5, k=neighbours,
+    )  # fmt: skip
+    priv = PrivateKey.generate("cn-k1")
+    entry = KeyEntry(
+        key_id="cn-k1", region="cn", public_key=b64e(priv.public_bytes()),
+        status=KeyStatus("current"), created_at=utcnow(),
+    )  # fmt: skip
+    rng = SystemRandomness()
+    builds, envelope_bytes = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        vec = build_contribution(trunk, steps, plan, dev.device_id, adapters=adapters)
+        encoded = client_input(vec, rplan, rng)
+        t_client = time.perf_counter() - t0
+        others = {c: np.zeros(LAYOUT_V1.dim, dtype=np.int64) for c in range(1, n)}
+        stats = RoundStats()
+        run_round(rplan.params, {0: encoded, **others}, stats=stats)
+        secagg_s = sum(
+            stats.client_seconds[0].get(k, 0.0) for k in ("advertise", "shares", "masked")
+        )
+        masked = MaskedInput(  # same size as the client's real message (masked words)
+            round_id="bench-edge", sender=0, bits=rplan.params.bits, dim=LAYOUT_V1.dim,
+            data=np.zeros(LAYOUT_V1.dim, dtype=prg.mask_dtype(rplan.params.bits)).tobytes(),
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        env = seal(masked, key=entry, cohort="cn-c0", round=1)
+        t_seal = time.perf_counter() - t1
+        envelope_bytes = len(env.to_bytes())
+        builds.append((t_client + secagg_s + t_seal) * 1e3)
+
+    held = StepArrays.from_steps(
+        s for d in pop.devices_in("cn-c0") for r in (1, 2) for s in pop.heldout(d, r)
+    )
+    report = quantization_report(net, held, adapter_to_bytes(lora, 1))
+    return {
+        "suggest_p50_us": round(_pct(lat, 50), 1),
+        "suggest_p99_us": round(_pct(lat, 99), 1),
+        "goal_suggest_p99_us": 1000,
+        "summary_build_ms_median": round(statistics.median(builds), 2),
+        "goal_summary_build_ms": 20,
+        "secagg_neighbours": neighbours,
+        "contribution_dim": LAYOUT_V1.dim,
+        "envelope_bytes": envelope_bytes,
+        "adapter_bytes": len(adapter_to_bytes(lora, 1)),
+        "signed_adapter_bytes": len(signed(99).to_bytes()),
+        "adapter_swap_ms": round(statistics.median(swaps), 3),
+        "int8_vs_fp32_hit1": round(report.int8_hit_at_1 - report.fp32_hit_at_1, 4),
+        "fp32_hit1": round(report.fp32_hit_at_1, 4),
+        "int8_hit1": round(report.int8_hit_at_1, 4),
+        "heldout_steps": report.n,
+    }

@@ -1,0 +1,356 @@
+"""`sotto audit`: what a compliance reviewer checks, offline, from a region's own records.
+
+Each check reads the region's database (and, for the "nothing of R elsewhere" check, the
+other regions' databases named in the policy) and returns a :class:`Check` with its
+evidence. Nothing here writes to a database; the report is a file the reviewer can archive.
+
+What "no record of region R was produced, stored or learned from outside R" means here:
+
+- *produced*: every accepted record of R arrived on one of R's topics (the audit log keeps
+  the topic of every decision) and the chain of decisions is intact;
+- *stored*: every row of R's database that names a region names R, and no other region's
+  database holds a row naming R (a refusal that names R is evidence of a block, not storage);
+- *learned from*: every release R's learner applied was released by R's own round
+  coordinator (same cohort, round) and every adapter R shipped names R and verifies under
+  R's signing key.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, MetaData, Table, func, inspect, select
+
+from deploy.settings import SottoSettings
+from ingestion.audit import verify_chain
+from ingestion.db import audit_log, make_engine, reading
+from privacy.errors import SottoError
+from privacy.policy import RegionPolicy
+from privacy.wire import utcnow
+
+# tables with a `region` column, by schema owner; a missing table is simply not there yet
+REGION_TABLES = (
+    "audit_log", "seen_messages", "aggregates", "rounds", "round_messages", "round_checkins",
+    "round_releases", "privacy_ledgers", "adapter_versions", "adapter_events", "learner_state",
+    "learner_releases",
+)  # fmt: skip
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool
+    summary: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditReport(BaseModel):
+    region: str
+    generated_at: datetime
+    since: datetime | None
+    ok: bool
+    checks: list[Check]
+
+
+def _table(engine: Engine, name: str) -> Table | None:
+    if not inspect(engine).has_table(name):
+        return None
+    return Table(name, MetaData(), autoload_with=engine)
+
+
+def _since(tbl: Table, since: datetime | None) -> Any:
+    if since is None or "ts" not in tbl.c:
+        return True
+    return tbl.c.ts >= since.isoformat()
+
+
+def check_chain(engine: Engine, region: str, expect_head: str | None) -> Check:
+    ok, bad = verify_chain(engine, region)
+    with reading(engine) as conn:
+        head = conn.execute(
+            select(audit_log.c.seq, audit_log.c.hash)
+            .where(audit_log.c.region == region)
+            .order_by(audit_log.c.seq.desc())
+            .limit(1)
+        ).first()
+    evidence: dict[str, Any] = {
+        "head_seq": int(head.seq) if head else 0,
+        "head_hash": str(head.hash) if head else None,
+    }
+    if not ok:
+        return Check(
+            name="audit_chain",
+            ok=False,
+            summary=f"hash chain breaks at seq {bad}",
+            evidence={**evidence, "first_bad_seq": bad},
+        )
+    if expect_head is not None and evidence["head_hash"] != expect_head:
+        return Check(
+            name="audit_chain",
+            ok=False,
+            summary="chain head differs from the archived head (rows removed or added at the end)",
+            evidence=evidence,
+        )
+    return Check(
+        name="audit_chain",
+        ok=True,
+        summary=f"{evidence['head_seq']} decisions, chain intact",
+        evidence=evidence,
+    )
+
+
+def check_accepts_routed(
+    engine: Engine, region: str, policy: RegionPolicy, since: datetime | None
+) -> Check:
+    stmt = (
+        select(audit_log.c.topic, func.count())
+        .where(
+            audit_log.c.region == region, audit_log.c.event == "accept", _since(audit_log, since)
+        )
+        .group_by(audit_log.c.topic)
+    )
+    with reading(engine) as conn:
+        by_topic = {str(t): int(n) for t, n in conn.execute(stmt)}
+    foreign = {t: n for t, n in by_topic.items() if policy.region_of_topic(t) != region}
+    return Check(
+        name="produced_in_region",
+        ok=not foreign,
+        summary=(
+            "every accepted record arrived on the region's own topics"
+            if not foreign
+            else f"{sum(foreign.values())} accepted records arrived on topics of another region"
+        ),
+        evidence={"accepted_by_topic": by_topic, "foreign_topics": foreign},
+    )
+
+
+def _regions_in(engine: Engine) -> dict[str, dict[str, int]]:
+    """{table: {region: rows}} over every region-bearing table that exists."""
+    out: dict[str, dict[str, int]] = {}
+    for name in REGION_TABLES:
+        tbl = _table(engine, name)
+        if tbl is None or "region" not in tbl.c:
+            continue
+        with reading(engine) as conn:
+            rows = conn.execute(select(tbl.c.region, func.count()).group_by(tbl.c.region)).all()
+        out[name] = {str(r): int(n) for r, n in rows}
+    return out
+
+
+def check_stored_in_region(region: str, policy: RegionPolicy, engines: dict[str, Engine]) -> Check:
+    own = _regions_in(engines[region])
+    shared = {
+        r
+        for r, cfg in policy.regions.items()
+        if cfg.database_url == policy.region(region).database_url
+    }
+    foreign_here = {
+        t: {r: n for r, n in counts.items() if r not in shared} for t, counts in own.items()
+    }
+    foreign_here = {t: c for t, c in foreign_here.items() if c}
+    elsewhere: dict[str, dict[str, int]] = {}
+    for other, engine in engines.items():
+        if other == region or other in shared:
+            continue
+        counts = {t: c.get(region, 0) for t, c in _regions_in(engine).items()}
+        counts = {t: n for t, n in counts.items() if n}
+        if counts:
+            elsewhere[other] = counts
+    ok = not foreign_here and not elsewhere
+    return Check(
+        name="stored_in_region",
+        ok=ok,
+        summary=(
+            "the region's database holds only its own rows and no other region's database holds any of its rows"
+            if ok
+            else "rows cross regions"
+        ),
+        evidence={
+            "rows_by_table": own,
+            "foreign_rows_here": foreign_here,
+            "rows_of_region_elsewhere": elsewhere,
+            "checked_regions": sorted(engines),
+        },
+    )
+
+
+def check_learned_in_region(engine: Engine, region: str) -> Check:
+    learned_tbl, released_tbl = _table(engine, "learner_releases"), _table(engine, "round_releases")
+    if learned_tbl is None:
+        return Check(
+            name="learned_in_region", ok=True, summary="the learner has applied no release yet"
+        )
+    with reading(engine) as conn:
+        learned = {
+            (r.region, r.cohort, int(r.round))
+            for r in conn.execute(
+                select(learned_tbl.c.region, learned_tbl.c.cohort, learned_tbl.c.round)
+            )
+        }
+        released = set()
+        if released_tbl is not None:
+            released = {
+                (r.region, r.cohort, int(r.round))
+                for r in conn.execute(
+                    select(released_tbl.c.region, released_tbl.c.cohort, released_tbl.c.round)
+                )
+            }
+    foreign = sorted(x for x in learned if x[0] != region)
+    unknown = sorted(x for x in learned if x[0] == region and x not in released)
+    ok = not foreign and not unknown
+    return Check(
+        name="learned_in_region",
+        ok=ok,
+        summary=(
+            f"all {len(learned)} applied releases were released by the region's own coordinator"
+            if ok
+            else "the learner applied releases the region did not make"
+        ),
+        evidence={
+            "applied": len(learned),
+            "foreign": foreign[:20],
+            "not_released_here": unknown[:20],
+        },
+    )
+
+
+def check_adapters(engine: Engine, region: str, keyset_dir: str) -> Check:
+    from deploy.keystore import signing_public_key
+    from learner.shipping import AdapterManifest, signing_message
+
+    tbl = _table(engine, "adapter_versions")
+    if tbl is None:
+        return Check(
+            name="adapters", ok=True, summary="no adapter shipped yet", evidence={"adapters": []}
+        )
+    try:
+        public = signing_public_key(keyset_dir)
+    except SottoError:
+        public = None
+    listed: list[dict[str, Any]] = []
+    bad: list[str] = []
+    with reading(engine) as conn:
+        rows = conn.execute(
+            select(tbl).where(tbl.c.region == region).order_by(tbl.c.cohort, tbl.c.version)
+        ).all()
+    for row in rows:
+        m = row._mapping
+        entry = {
+            "cohort": m["cohort"], "version": int(m["version"]), "parent": m["parent_version"],
+            "status": m["status"], "rounds": m["rounds"], "epsilon_spent": m["epsilon_spent"],
+            "artifact_sha256": m["artifact_sha256"], "signature": m["signature"], "signature_valid": None,
+        }  # fmt: skip
+        if m["manifest"] is not None and m["signature"] and m["adapter"] is not None:
+            manifest = AdapterManifest.model_validate(m["manifest"])
+            valid = public is not None
+            if public is not None:
+                try:
+                    public.verify(
+                        bytes.fromhex(m["signature"]), signing_message(manifest, m["adapter"])
+                    )
+                except (InvalidSignature, ValueError):
+                    valid = False
+            entry["signature_valid"] = valid
+            if not valid or manifest.region != region:
+                bad.append(f"{m['cohort']} v{m['version']}")
+        listed.append(entry)
+    return Check(
+        name="adapters",
+        ok=not bad,
+        summary=(
+            f"{len(listed)} adapter versions; every shipped one verifies under the region's key and names the region"
+            if not bad
+            else f"adapters failing verification: {', '.join(bad)}"
+        ),
+        evidence={"adapters": listed},
+    )
+
+
+def check_rejections(engine: Engine, region: str, since: datetime | None) -> Check:
+    stmt = (
+        select(audit_log.c.reason, func.count())
+        .where(
+            audit_log.c.region == region, audit_log.c.event == "reject", _since(audit_log, since)
+        )
+        .group_by(audit_log.c.reason)
+    )
+    with reading(engine) as conn:
+        by_reason = {str(r): int(n) for r, n in conn.execute(stmt)}
+    return Check(
+        name="rejections",
+        ok=True,
+        summary=f"{sum(by_reason.values())} records rejected",
+        evidence={"by_reason": by_reason},
+    )
+
+
+def check_budget(engine: Engine, region: str) -> Check:
+    if _table(engine, "privacy_ledgers") is None:
+        return Check(
+            name="privacy_budget",
+            ok=True,
+            summary="no privacy ledger yet",
+            evidence={"cohorts": []},
+        )
+    from ingestion.ledger_store import report
+
+    rows = [r.as_dict() for r in report(engine, region)]
+    over = [r["cohort"] for r in rows if r["epsilon_spent"] > r["budget_epsilon"] + 1e-9]
+    return Check(
+        name="privacy_budget",
+        ok=not over,
+        summary=(
+            f"{len(rows)} cohorts within budget" if not over else f"cohorts over budget: {over}"
+        ),
+        evidence={"cohorts": rows},
+    )
+
+
+def audit_region(
+    settings: SottoSettings,
+    region: str,
+    *,
+    since: datetime | None = None,
+    expect_head: str | None = None,
+) -> AuditReport:
+    policy = settings.policy
+    cfg = policy.region(region)
+    engines: dict[str, Engine] = {}
+    for name, other in policy.regions.items():
+        url = other.database_url
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+            continue  # a region that never ran has no database (and so none of R's rows)
+        engines[name] = make_engine(url)
+    if region not in engines:
+        raise SottoError(f"region {region!r} has no database at {cfg.database_url}")
+    engine = engines[region]
+    try:
+        checks = [
+            check_chain(engine, region, expect_head),
+            check_accepts_routed(engine, region, policy, since),
+            check_stored_in_region(region, policy, engines),
+            check_learned_in_region(engine, region),
+            check_rejections(engine, region, since),
+            check_budget(engine, region),
+            check_adapters(engine, region, cfg.keyset_dir),
+        ]
+    finally:
+        for e in engines.values():
+            e.dispose()
+    return AuditReport(
+        region=region,
+        generated_at=utcnow(),
+        since=since,
+        ok=all(c.ok for c in checks),
+        checks=checks,
+    )
+
+
+def write_report(report: AuditReport, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    return path
