@@ -338,6 +338,45 @@ def privacy_report(
         )
 
 
+@bench_app.command("learner")
+def bench_learner(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    history: Annotated[int, typer.Option(help="rounds of history for the 1x learner")] = 20,
+    updates: Annotated[int, typer.Option(help="timed updates per learner")] = 15,
+) -> None:
+    """Learner update cost with a 1x and a 10x longer stream history (must not grow)."""
+    from deploy.bench_learner import run_learner_bench
+
+    _emit(run_learner_bench(history=history, updates=updates), as_json)
+
+
+@bench_app.command("edge")
+def bench_edge(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    calls: Annotated[int, typer.Option(help="suggest calls timed")] = 2000,
+    neighbours: Annotated[int, typer.Option(help="SecAgg+ neighbours per client")] = 30,
+) -> None:
+    """On-device cost: suggest latency, one round's contribution build, adapter size and swap."""
+    from deploy.bench_edge import run_edge_bench
+
+    _emit(run_edge_bench(calls=calls, neighbours=neighbours), as_json)
+
+
+@bench_app.command("quality")
+def bench_quality(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    devices: Annotated[int, typer.Option(help="devices per cohort")] = 200,
+    rounds: Annotated[int, typer.Option(help="rounds per cohort")] = 12,
+    epsilon: Annotated[float, typer.Option(help="privacy budget per cohort (whole run)")] = 8.0,
+) -> None:
+    """Private personalization vs base and vs a central (non-private) oracle, and drift recovery."""
+    from deploy.bench_quality import run_quality_bench
+
+    _emit(
+        run_quality_bench(devices_per_cohort=devices, rounds=rounds, epsilon=epsilon), as_json
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point shim
     try:
         app()

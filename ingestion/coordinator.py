@@ -138,19 +138,23 @@ class RoundCoordinator:
         for row in active:
             try:
                 closed += self._advance(row.round_id, row.stage_deadline, now, allow_deadline)
-            except Exception:
+            except Exception as exc:  # infrastructure (DB, broker): retried on the next tick
                 self._live.pop(row.round_id, None)  # rebuilt from the database next tick
-                raise
+                self._log.warning("round_tick_failed", round_id=row.round_id,
+                                  error=exc.__class__.__name__, detail=str(exc)[:200])  # fmt: skip
         self._live = {k: v for k, v in self._live.items() if k in {r.round_id for r in active}}
-        if closed:
-            self.publish()
+        self.publish()  # what this tick decided, and rows an earlier failed publish left
         return closed
 
     def publish(self) -> int:
         """Publish queued records (also what a restart calls first)."""
         if self.producer is None:
             return 0
-        return round_outbox.publish_pending(self.engine, self.producer, self.region)
+        try:
+            return round_outbox.publish_pending(self.engine, self.producer, self.region)
+        except Exception as exc:  # broker away: the rows stay queued for the next publish
+            self._log.warning("round_publish_failed", error=exc.__class__.__name__)
+            return 0
 
     def status(self, round_id: str) -> str | None:
         with reading(self.engine) as conn:
