@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, select
 
 from ingestion.db import reading
 from ingestion.rounds_db import round_outbox
+from privacy.wire import cohort_partition
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,16 @@ def pending(engine: Engine, region: str, limit: int = 5000) -> list:  # type: ig
         return list(conn.execute(stmt))
 
 
+def _partition(producer: KafkaProducer, topic: str, key: bytes | None) -> int | None:
+    """Releases (key ``region|cohort|round``) go to their cohort's partition, so the learner
+    reads a cohort's rounds in order; everything else uses the default partitioner."""
+    parts = key.split(b"|") if key else []
+    if len(parts) != 3:
+        return None
+    n = len(producer.partitions_for(topic) or ())
+    return cohort_partition(parts[1].decode(), n) if n else None
+
+
 def publish_pending(
     engine: Engine, producer: KafkaProducer, region: str, timeout_s: float = 30.0
 ) -> int:
@@ -54,7 +65,18 @@ def publish_pending(
         rows = pending(engine, region)
         if not rows:
             return total
-        futures = [(r.id, producer.send(r.topic, key=r.key, value=r.value)) for r in rows]
+        futures = [
+            (
+                r.id,
+                producer.send(
+                    r.topic,
+                    key=r.key,
+                    value=r.value,
+                    partition=_partition(producer, r.topic, r.key),
+                ),
+            )
+            for r in rows
+        ]
         producer.flush(timeout=timeout_s)
         acked = [i for i, f in futures if f.is_done and not f.failed()]
         if acked:

@@ -16,7 +16,6 @@ between republishes the same bytes under the same keys, which compaction and dev
 from __future__ import annotations
 
 import contextlib
-import zlib
 from typing import Any
 
 import structlog
@@ -29,7 +28,7 @@ from ingestion.db import reading
 from learner.registry import adapter_outbox
 from learner.service_errors import PublishError
 from privacy.policy import RegionConfig
-from privacy.wire import utcnow
+from privacy.wire import cohort_partition, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +47,12 @@ def ensure_topics(config: RegionConfig) -> None:
             new.append(NewTopic(config.t.aggregates, config.partitions, replication_factor=-1))
         if config.t.adapters not in existing:
             new.append(
-                NewTopic(config.t.adapters, config.partitions, replication_factor=-1, topic_configs=COMPACT)
+                NewTopic(
+                    config.t.adapters,
+                    config.partitions,
+                    replication_factor=-1,
+                    topic_configs=COMPACT,
+                )
             )
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -62,7 +66,9 @@ def _ensure_compacted(admin: KafkaAdminClient, topic: str) -> None:
     policy = cleanup_policy(admin, topic)
     if policy is not None and "compact" in policy:
         return
-    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=COMPACT)], incremental=True)
+    admin.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, configs=COMPACT)], incremental=True
+    )
     log.info("adapters_topic_compacted", topic=topic, was=policy)
 
 
@@ -83,9 +89,7 @@ def make_producer(config: RegionConfig, region: str) -> KafkaProducer:
     )  # fmt: skip
 
 
-def partition_for(cohort: str, partitions: int) -> int:
-    """A cohort's partition: stable across processes (crc32, not Python's salted hash)."""
-    return zlib.crc32(cohort.encode()) % partitions
+partition_for = cohort_partition  # one definition, shared with the round coordinator
 
 
 def publish_pending(
@@ -125,7 +129,9 @@ def publish_pending(
             raise PublishError(f"adapter record not acknowledged: {fut.exception!r}")
     with engine.begin() as conn:
         conn.execute(
-            adapter_outbox.update().where(c.id.in_([r.id for r in rows])).values(published_at=utcnow())
+            adapter_outbox.update()
+            .where(c.id.in_([r.id for r in rows]))
+            .values(published_at=utcnow())
         )
     return len(rows)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import zlib
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -205,6 +206,13 @@ class DeadLetter(Frozen):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def cohort_partition(cohort: str, partitions: int) -> int:
+    """The partition of every per-cohort record (releases, adapters): one cohort, one
+    partition, so a consumer sees a cohort's rounds in order. crc32, not Python's salted hash,
+    so every process agrees."""
+    return zlib.crc32(cohort.encode()) % partitions
 
 
 class ReleasedAggregate(Frozen):
