@@ -157,12 +157,33 @@ def ingest(
     max_idle_s: Annotated[
         float | None, typer.Option(help="exit after this long without records")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve /metrics and /healthz on this port")
+    ] = None,
+    coordinate: Annotated[
+        bool, typer.Option(help="also coordinate SecAgg+ rounds (the region's round service)")
+    ] = False,
+    budget_epsilon: Annotated[float, typer.Option(help="per-cohort ε budget (rounds)")] = 10.0,
+    budget_delta: Annotated[float, typer.Option(help="per-cohort δ budget (rounds)")] = 1e-5,
 ) -> None:
-    """Run REGION's ingestion service until SIGTERM/SIGINT (or --max-idle-s without records)."""
+    """Run REGION's ingestion service until SIGTERM/SIGINT (or --max-idle-s without records).
+
+    With --coordinate it is the region's round service: ingestion plus the SecAgg+ round
+    coordinator on the same database (rounds are opened through its API or the demo)."""
+    if coordinate:
+        from ingestion.round_service import main as round_main
+
+        raise typer.Exit(
+            round_main(
+                ["--region", region, "--budget-epsilon", str(budget_epsilon),
+                 "--budget-delta", str(budget_delta)]
+                + (["--metrics-port", str(metrics_port)] if metrics_port is not None else [])
+            )
+        )  # fmt: skip
     from ingestion.runner import run_region
 
     try:
-        stats = run_region(_settings(), region, max_idle_s)
+        stats = run_region(_settings(), region, max_idle_s, metrics_port)
     except SottoError as exc:
         _fail(exc)
     console.print(stats.as_dict())
@@ -174,12 +195,15 @@ def learn(
     max_idle_s: Annotated[
         float | None, typer.Option(help="exit after this long without records")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve /metrics and /healthz on this port")
+    ] = None,
 ) -> None:
     """Run REGION's learner: released aggregates in, signed adapters out (until SIGTERM)."""
     from learner.runner import run_region
 
     try:
-        stats = run_region(_settings(), region, max_idle_s)
+        stats = run_region(_settings(), region, max_idle_s, metrics_port=metrics_port)
     except SottoError as exc:
         _fail(exc)
     console.print(stats.as_dict())
@@ -305,7 +329,7 @@ def bench_ingest(
 ) -> None:
     """Ingestion pipeline throughput vs a bare Kafka consumer on the same N envelopes."""
     from deploy.bench_ingest import run_ingest_bench
-    from ingestion.runner import configure_logging
+    from deploy.observability import configure_logging
 
     configure_logging("WARNING")  # stdout carries only the result
     try:
@@ -372,9 +396,7 @@ def bench_quality(
     """Private personalization vs base and vs a central (non-private) oracle, and drift recovery."""
     from deploy.bench_quality import run_quality_bench
 
-    _emit(
-        run_quality_bench(devices_per_cohort=devices, rounds=rounds, epsilon=epsilon), as_json
-    )
+    _emit(run_quality_bench(devices_per_cohort=devices, rounds=rounds, epsilon=epsilon), as_json)
 
 
 def main() -> None:  # pragma: no cover - console entry point shim

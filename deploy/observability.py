@@ -12,60 +12,15 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 REGISTRY = CollectorRegistry()
-
-INGEST_RECORDS = Counter(
-    "sotto_ingest_records_total",
-    "Records ingested, by outcome",
-    ["region", "outcome"],
-    registry=REGISTRY,
-)
-INGEST_REJECTED = Counter(
-    "sotto_ingest_rejected_total",
-    "Records dead-lettered, by reason",
-    ["region", "reason"],
-    registry=REGISTRY,
-)
-INGEST_LAG = Gauge(
-    "sotto_ingest_lag_records", "Consumer lag of ingestion", ["region"], registry=REGISTRY
-)
-ROUNDS = Counter(
-    "sotto_rounds_total",
-    "SecAgg+ rounds, by outcome",
-    ["region", "cohort", "outcome"],
-    registry=REGISTRY,
-)
-EPSILON_SPENT = Gauge(
-    "sotto_epsilon_spent",
-    "Privacy budget spent per cohort",
-    ["region", "cohort"],
-    registry=REGISTRY,
-)
-ADAPTER_VERSION = Gauge(
-    "sotto_adapter_version",
-    "Adapter version per cohort and status",
-    ["region", "cohort", "status"],
-    registry=REGISTRY,
-)
-LEARNER_RELEASES = Counter(
-    "sotto_learner_releases_total",
-    "Released aggregates applied by the learner",
-    ["region"],
-    registry=REGISTRY,
-)
 
 HealthFn = Callable[[], dict[str, Any]]
 
@@ -113,26 +68,91 @@ class MetricsServer:
         self._server.server_close()
 
 
-def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
-    """structlog to stderr: key=value for people, JSON lines for log shippers."""
+def configure_logging(level: str = "INFO", as_json: bool = False) -> None:
+    """Structured logs on stderr. Events carry ids and reasons, never ciphertext or keys."""
     logging.basicConfig(
-        stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO), format="%(message)s"
+        stream=sys.stderr, level=level.upper(), format="%(name)s %(levelname)s %(message)s"
     )
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json_logs
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            structlog.processors.JSONRenderer()
+            if as_json
+            else structlog.dev.ConsoleRenderer(colors=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            getattr(logging, level.upper(), logging.INFO)
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
+
+
+class StatsCollector:
+    """Exposes a service's own counters at scrape time: no metric calls on the hot path.
+
+    ``snapshot()`` returns the service's stats dict (``IngestStats.as_dict()`` and the like):
+    numbers become ``sotto_<service>_<name>_total{region}``, ``{reason: n}`` dicts become
+    ``sotto_<service>_<name>_total{region,reason}``. ``gauges()`` adds point-in-time values
+    (ε spent per cohort, live adapter versions, lag) read from the region's database.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        region: str,
+        snapshot: Callable[[], dict[str, Any]],
+        gauges: Callable[[], list[tuple[str, str, dict[str, str], float]]] | None = None,
+    ) -> None:
+        self.service = service
+        self.region = region
+        self.snapshot = snapshot
+        self.gauges = gauges
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        for name, value in self.snapshot().items():
+            metric = f"sotto_{self.service}_{name}"
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, int | float):
+                fam = CounterMetricFamily(metric, f"{self.service} {name}", labels=["region"])
+                fam.add_metric([self.region], float(value))
+                yield fam
+            elif isinstance(value, dict):
+                fam = CounterMetricFamily(
+                    metric, f"{self.service} {name}", labels=["region", "reason"]
+                )
+                for reason, n in value.items():
+                    fam.add_metric([self.region, str(reason)], float(n))
+                yield fam
+        for name, help_text, labels, value in self.gauges() if self.gauges else []:
+            fam = GaugeMetricFamily(name, help_text, labels=["region", *labels])
+            fam.add_metric([self.region, *labels.values()], value)
+            yield fam
+
+
+def serve_service(
+    port: int | None,
+    service: str,
+    region: str,
+    snapshot: Callable[[], dict[str, Any]],
+    gauges: Callable[[], list[tuple[str, str, dict[str, str], float]]] | None = None,
+) -> MetricsServer | None:
+    """Start ``/metrics`` + ``/healthz`` for a service (None when ``port`` is None)."""
+    if port is None:
+        return None
+    REGISTRY.register(StatsCollector(service, region, snapshot, gauges))
+    started = time.time()
+
+    def health() -> dict[str, Any]:
+        return {"ok": True, "service": service, "region": region, "uptime_s": round(time.time() - started, 1), **{
+            k: v for k, v in snapshot().items() if isinstance(v, int | float)
+        }}  # fmt: skip
+
+    return MetricsServer(port, health).__enter__()

@@ -101,12 +101,13 @@ class RoundService:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ingestion.runner import configure_logging
+    from deploy.observability import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m ingestion.round_service")
     parser.add_argument("--region", required=True)
     parser.add_argument("--budget-epsilon", type=float, default=10.0)
     parser.add_argument("--budget-delta", type=float, default=1e-5)
+    parser.add_argument("--metrics-port", type=int, default=None)
     args = parser.parse_args(argv)
     settings = SottoSettings()
     configure_logging(settings.log_level, settings.log_json)
@@ -114,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(epsilon=args.budget_epsilon, delta=args.budget_delta)
     with RoundService(settings, args.region, budget=budget) as service:
         import signal
+
+        from deploy.observability import serve_service
+        from ingestion.runner import region_gauges
+
+        serve_service(
+            args.metrics_port, "ingest", args.region, service.app.stats.as_dict,
+            lambda: region_gauges(service.app.engine, args.region),
+        )  # fmt: skip
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

@@ -4,43 +4,47 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
-import structlog
+from sqlalchemy import Engine
 
+from deploy.observability import configure_logging, serve_service
 from deploy.settings import SottoSettings
 from ingestion.service import IngestionApp
 from ingestion.stats import IngestStats
 
 
-def configure_logging(level: str = "INFO", as_json: bool = False) -> None:
-    """Structured logs on stderr. Events carry ids and reasons, never ciphertext or keys."""
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(name)s %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer()
-            if as_json
-            else structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
+def region_gauges(engine: Engine, region: str) -> list[tuple[str, str, dict[str, str], float]]:
+    """ε spent per cohort, read at scrape time (nothing if rounds never ran)."""
+    from sqlalchemy import inspect
+
+    if not inspect(engine).has_table("privacy_ledgers"):
+        return []
+    from ingestion.ledger_store import report
+
+    return [
+        ("sotto_epsilon_spent", "privacy budget spent", {"cohort": r.cohort}, r.epsilon_spent)
+        for r in report(engine, region)
+    ]
 
 
-def run_region(settings: SottoSettings, region: str, max_idle_s: float | None = None) -> IngestStats:
+def run_region(
+    settings: SottoSettings,
+    region: str,
+    max_idle_s: float | None = None,
+    metrics_port: int | None = None,
+) -> IngestStats:
     """Ingest ``region`` until SIGTERM/SIGINT, or until ``max_idle_s`` without records."""
     configure_logging(settings.log_level, settings.log_json)
     with IngestionApp(settings, region) as app:
-        return app.run(max_idle_s=max_idle_s)
+        server = serve_service(
+            metrics_port, "ingest", region, app.stats.as_dict,
+            lambda: region_gauges(app.engine, region),
+        )  # fmt: skip
+        try:
+            return app.run(max_idle_s=max_idle_s)
+        finally:
+            if server is not None:
+                server.__exit__(None, None, None)
 
 
 def main(argv: list[str] | None = None) -> int:

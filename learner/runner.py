@@ -7,8 +7,8 @@ import argparse
 
 import torch
 
+from deploy.observability import configure_logging, serve_service
 from deploy.settings import SottoSettings
-from ingestion.runner import configure_logging
 from learner.host import LearnerFactory
 from learner.service import LearnerApp, LearnerStats
 
@@ -19,12 +19,32 @@ def run_region(
     max_idle_s: float | None = None,
     learner_factory: LearnerFactory | None = None,
     group_id: str | None = None,
+    metrics_port: int | None = None,
 ) -> LearnerStats:
     """Learn for ``region`` until SIGTERM/SIGINT, or until ``max_idle_s`` without records."""
     configure_logging(settings.log_level, settings.log_json)
     torch.set_num_threads(1)  # one region's learner must not take every core of the host
     with LearnerApp(settings, region, learner_factory=learner_factory, group_id=group_id) as app:
-        return app.run(max_idle_s=max_idle_s)
+        server = serve_service(
+            metrics_port, "learn", region, app.stats.as_dict, lambda: adapter_gauges(app, region)
+        )
+        try:
+            return app.run(max_idle_s=max_idle_s)
+        finally:
+            if server is not None:
+                server.__exit__(None, None, None)
+
+
+def adapter_gauges(app: LearnerApp, region: str) -> list[tuple[str, str, dict[str, str], float]]:
+    """The version of each cohort's adapter in each status (live, canary, shadow), at scrape time."""
+    from learner.registry import list_adapters
+
+    out: list[tuple[str, str, dict[str, str], float]] = []
+    for rec in list_adapters(app.engine, region):
+        if rec.status in ("live", "canary", "shadow"):
+            labels = {"cohort": rec.cohort, "status": rec.status}
+            out.append(("sotto_adapter_version", "adapter version by status", labels, rec.version))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
