@@ -1,0 +1,251 @@
+"""The whole loop, per region, over the region's real Kafka topics.
+
+Per round and region: simulated devices (``learner.simulator``) check in; the round service
+(ingestion + SecAgg+ coordinator) opens one round per cohort with the learner's current plan;
+the device fleet answers through HPKE envelopes (some devices drop out mid-round); the
+coordinator releases each cohort's DP-noised sum to ``<region>.aggregates``; the learner
+consumes it, fits, gates, and publishes signed adapters and the next plan to
+``<region>.adapters``; a reference device per cohort verifies and installs them. The
+harness then scores base / live / candidate adapters on held-out steps: that measurement
+uses the simulator's ground truth and is the only thing here that sees raw data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.keystore import signing_public_key
+from deploy.settings import SottoSettings
+from edge_client.adapter_sync import AdapterFeed, Outcome, apply
+from edge_client.contribution import Trunk, build_contribution
+from edge_client.fleet import DeviceFleet
+from edge_client.round_client import adapter_plan
+from edge_client.runtime import DeviceModel
+from ingestion.ledger_store import report as ledger_report
+from ingestion.round_open import RoundSpec
+from ingestion.round_service import RoundService
+from learner.actions import RoundPlan
+from learner.adapter_format import LoRAWeights, adapter_from_bytes
+from learner.base_bundle import base_model_bundle
+from learner.contribution import LAYOUT_V1
+from learner.dataset import StepArrays, hit_at_k
+from learner.fleet import StepCache
+from learner.service import LearnerApp
+from learner.shipping import SignedAdapter, verify
+from privacy.ledger import Budget
+from privacy.round_wire import RoundOpen
+
+FINAL = ("released", "aborted", "refused")
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = 8
+    epsilon_per_round: float = 1.0
+    delta: float = 1e-6
+    budget_epsilon: float = 8.0
+    budget_delta: float = 1e-5
+    dropout: float = 0.1  # share of devices that vanish after sending their masked input
+    stage_timeout_s: float = 2.0
+    round_timeout_s: float = 120.0
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    region: str
+    cohort: str
+    status: str
+    participants: int = 0
+    dropped: int = 0
+    epsilon_spent: float = 0.0
+    live_version: int = 0
+    candidate_version: int | None = None
+    hit1_base: float = 0.0
+    hit1_live: float = 0.0
+    hit1_candidate: float | None = None
+
+
+@dataclass
+class RegionLoop:
+    """Everything one region runs, entered together and closed together."""
+
+    settings: SottoSettings
+    region: str
+    cache: StepCache
+    config: LoopConfig
+    workdir: Path
+    records: list[RoundRecord] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    sync: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        pop = self.cache.population
+        self.devices = {d.device_id: d.cohort for d in pop.devices if d.region == self.region}
+        self.cohorts = sorted(set(self.devices.values()))
+        rng = np.random.default_rng(abs(hash(self.region)) % 2**32)
+        ids = sorted(self.devices)
+        flaky = set(rng.choice(ids, size=int(len(ids) * self.config.dropout), replace=False))
+        self.flaky = flaky
+        self.plans = {c: RoundPlan(cohort=c) for c in self.cohorts}
+        self.weights: dict[str, dict[int, LoRAWeights]] = {c: {} for c in self.cohorts}
+        self.current_round = 0
+        self.svc = RoundService(
+            self.settings,
+            self.region,
+            budget=Budget(epsilon=self.config.budget_epsilon, delta=self.config.budget_delta),
+        )
+        self.learner = LearnerApp(self.settings, self.region)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> RegionLoop:
+        cfg = self.settings.policy.region(self.region)
+        self.svc.__enter__()
+        self.learner.__enter__()
+        _, onnx_bytes, _ = base_model_bundle(self.settings)
+        self.trunk = Trunk.from_onnx(onnx_bytes)
+        self.public_key = signing_public_key(cfg.keyset_dir)
+        self.refs = {
+            c: DeviceModel(onnx_bytes, self.public_key, self.region, c, device_id=f"{c}-ref")
+            for c in self.cohorts
+        }
+        self.fleet = DeviceFleet(
+            self.settings.policy, self.region, self.devices, self._contribution,
+            self.workdir / f"fleet-{self.region}", drop={"unmask": self.flaky},
+            keep_inputs=False, layout=LAYOUT_V1.name,
+        )  # fmt: skip
+        self.fleet.start()
+        self.feed = AdapterFeed(cfg.bootstrap_servers, cfg.t.adapters)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for closer in (self.fleet.close, self.feed.close, lambda: self.learner.__exit__(None, None, None),
+                       lambda: self.svc.__exit__(None, None, None)):  # fmt: skip
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - closing everything matters more than the first error
+                pass
+
+    # --- devices ---------------------------------------------------------------------------
+
+    def _contribution(self, device_id: str, announce: RoundOpen) -> np.ndarray:
+        plan = adapter_plan(announce) or RoundPlan(cohort=announce.cohort)
+        steps = self.cache.train(device_id, self.current_round)
+        return build_contribution(
+            self.trunk, steps, plan, device_id, adapters=self.weights[announce.cohort]
+        )
+
+    def _take_feed(self) -> None:
+        for item in self.feed.poll(timeout_ms=300):
+            cohort = getattr(item, "cohort", None) or getattr(getattr(item, "manifest", None), "cohort", None)
+            if cohort not in self.refs:
+                continue
+            result = apply(self.refs[cohort], item)
+            self.sync[result.outcome.value] += 1
+            if isinstance(item, RoundPlan):
+                self.plans[cohort] = item
+            elif isinstance(item, SignedAdapter) and result.outcome is not Outcome.REJECTED:
+                m = item.manifest
+                weights = adapter_from_bytes(verify(item, self.public_key)).weights
+                self.weights[cohort][m.version] = weights
+                self.events.append({
+                    "round": self.current_round, "region": self.region, "cohort": cohort,
+                    "version": m.version, "kind": m.kind, "rollout_fraction": m.rollout_fraction,
+                    "parent": m.parent_version,
+                })  # fmt: skip
+
+    # --- one round -------------------------------------------------------------------------
+
+    def open(self, r: int) -> dict[str, str]:
+        """Check in, open a round per cohort; returns ``cohort -> round_id``."""
+        self.current_round = r
+        self._take_feed()
+        self.fleet.checkin()
+        spec = RoundSpec(
+            layout=LAYOUT_V1.name, dim=LAYOUT_V1.dim, clip=LAYOUT_V1.clip,
+            epsilon=self.config.epsilon_per_round, delta=self.config.delta,
+            stage_timeout_s=self.config.stage_timeout_s, min_participants=3,
+        )  # fmt: skip
+        opened: dict[str, str] = {}
+        for c in self.cohorts:
+            res = self.svc.coordinator.open_round(c, spec, adapter_plan=self.plans[c].model_dump(mode="json"))
+            opened[c] = res.round_id
+        return opened
+
+    def step(self) -> None:
+        self.svc.step(timeout_ms=20)
+        self.fleet.pump(timeout_ms=20)
+
+    def done(self, opened: dict[str, str]) -> bool:
+        return all(self.svc.coordinator.status(rid) in FINAL for rid in opened.values())
+
+    def finish(self, r: int, opened: dict[str, str]) -> None:
+        """Learner catches up, devices take what it shipped, the harness measures."""
+        self.svc.coordinator.publish()
+        self.learner.process_available(timeout_s=30)
+        self.learner.publish_outbox()
+        self._take_feed()
+        spent = {b.cohort: b.epsilon_spent for b in ledger_report(self.svc.app.engine, self.region)}
+        for c in self.cohorts:
+            status = self.svc.coordinator.status(opened[c]) or "unknown"
+            held = StepArrays.concat(self.cache.heldout(d, r) for d, cc in self.devices.items() if cc == c)
+            plan = self.plans[c]
+            cand = plan.canary_version or plan.shadow_version
+            rec = RoundRecord(
+                round=r, region=self.region, cohort=c, status=status,
+                epsilon_spent=spent.get(c, 0.0), live_version=self.refs[c].live_version,
+                candidate_version=cand,
+                hit1_base=self._hit1(held, None),
+                hit1_live=self._hit1(held, self.weights[c].get(self.refs[c].live_version)),
+                hit1_candidate=self._hit1(held, self.weights[c].get(cand)) if cand else None,
+            )  # fmt: skip
+            rel = _release_row(self.svc.app.engine, self.region, c, opened[c])
+            if rel is not None:
+                rec.participants, rec.dropped = rel
+            self.records.append(rec)
+
+    def _hit1(self, data: StepArrays, weights: LoRAWeights | None) -> float:
+        if len(data) == 0:
+            return 0.0
+        h = self.trunk.features(data)
+        return hit_at_k(self.trunk.logits(h, weights), data.labels)
+
+    def ingest_stats(self) -> dict[str, Any]:
+        return self.svc.app.stats.as_dict()
+
+
+def _release_row(engine: Any, region: str, cohort: str, round_id: str) -> tuple[int, int] | None:
+    from sqlalchemy import select
+
+    from ingestion.rounds_db import round_releases
+
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(round_releases.c.participants, round_releases.c.dropped).where(
+                round_releases.c.region == region, round_releases.c.round_id == round_id
+            )
+        ).first()
+    return (int(row.participants), int(row.dropped)) if row else None
+
+
+def run_rounds(loops: list[RegionLoop], config: LoopConfig, on_round: Any = None) -> None:
+    """Drive every region's rounds in lockstep (one thread; each region only on its topics)."""
+    for r in range(config.rounds):
+        opened = {loop.region: loop.open(r) for loop in loops}
+        deadline = time.monotonic() + config.round_timeout_s
+        while not all(loop.done(opened[loop.region]) for loop in loops):
+            if time.monotonic() > deadline:
+                break
+            for loop in loops:
+                loop.step()
+        for loop in loops:
+            loop.finish(r, opened[loop.region])
+        if on_round is not None:
+            on_round(r)
