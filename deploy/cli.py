@@ -211,8 +211,8 @@ def learn(
 
 @app.command()
 def demo(
-    rounds: Annotated[int, typer.Option(help="rounds to run")] = 2,
-    devices: Annotated[int, typer.Option(help="devices per cohort")] = 6,
+    rounds: Annotated[int, typer.Option(help="rounds to run")] = 8,
+    devices: Annotated[int, typer.Option(help="devices per cohort")] = 80,
     cohorts: Annotated[int, typer.Option(help="cohorts per region")] = 2,
     regions: Annotated[str, typer.Option(help="comma-separated regions")] = "eu,cn",
     out: Annotated[Path, typer.Option(help="report folder")] = Path("sotto-report"),

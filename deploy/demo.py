@@ -1,13 +1,20 @@
 """`sotto demo`: the platform end to end on this machine, with a report people can read.
 
 Uses SOTTO_KAFKA_BOOTSTRAP or starts a local broker; creates a fresh two-region deployment
-under ``<home>/demo``; runs the scenario; prints what happened and writes ``report.json``
-(and the HTML report) to the output folder. Ctrl-C stops cleanly and leaves a partial report.
+under ``<home>/demo`` with its own topic set; then
+
+1. *foundation*: real edge devices send HPKE round summaries, hostile records are mixed in,
+   each region's ingestion validates, dead-letters, aggregates and audits;
+2. *learning loop*: hundreds of simulated devices per region run SecAgg+ rounds with
+   dropouts, DP-noised cohort sums are released, the learner fits, shadow-evaluates, canaries,
+   promotes or rolls back, and signed adapters flow back to devices — all over Kafka.
+
+Progress is shown live; ``report.json`` and ``index.html`` (with plots) are written to the
+output folder after every round, so Ctrl-C leaves a partial report.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict
@@ -15,15 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from deploy.bootstrap import init_deployment
 from deploy.demo_broker import broker
+from deploy.demo_report import write_report
 from deploy.observability import configure_logging
 from deploy.settings import SottoSettings
 
 
-def _table(outcomes: dict[str, Any]) -> Table:
+def _foundation_table(outcomes: dict[str, Any]) -> Table:
     table = Table(title="Foundation: edge → Kafka → ingestion, per region")
     for col in (
         "region",
@@ -42,28 +51,81 @@ def _table(outcomes: dict[str, Any]) -> Table:
     return table
 
 
+def _loop_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="Learning loop: final state per cohort")
+    for col in (
+        "cohort",
+        "rounds released",
+        "ε spent",
+        "live adapter",
+        "hit@1 base",
+        "hit@1 live",
+        "rollouts",
+        "rollbacks",
+    ):
+        table.add_column(col)
+    for key, c in sorted(summary["cohorts"].items()):
+        table.add_row(
+            key, str(c["released"]), f"{c['epsilon_spent']:.2f}", f"v{c['live_version']}",
+            f"{c['hit1_base']:.3f}", f"{c['hit1_live']:.3f}", str(c["promotions"]), str(c["rollbacks"]),
+        )  # fmt: skip
+    return table
+
+
+def summarize_loop(loops: list[Any], rounds_done: int) -> dict[str, Any]:
+    cohorts: dict[str, Any] = {}
+    for loop in loops:
+        for c in loop.cohorts:
+            recs = [r for r in loop.records if r.cohort == c]
+            last = recs[-1] if recs else None
+            tail = recs[-2:] if len(recs) >= 2 else recs
+            evs = [e for e in loop.events if e["cohort"] == c]
+            cohorts[f"{loop.region}/{c}"] = {
+                "released": sum(1 for r in recs if r.status == "released"),
+                "epsilon_spent": last.epsilon_spent if last else 0.0,
+                "live_version": last.live_version if last else 0,
+                "hit1_base": sum(r.hit1_base for r in tail) / max(1, len(tail)),
+                "hit1_live": sum(r.hit1_live for r in tail) / max(1, len(tail)),
+                "promotions": sum(
+                    1 for e in evs if e["kind"] == "release" and e["rollout_fraction"] >= 1.0
+                ),
+                "rollbacks": sum(1 for e in evs if e["kind"] == "rollback"),
+            }
+    return {"rounds_done": rounds_done, "cohorts": cohorts}
+
+
 def run_demo(
     *,
-    rounds: int = 2,
-    devices: int = 6,
+    rounds: int = 8,
+    devices: int = 80,
     cohorts: int = 2,
     regions: tuple[str, ...] = ("eu", "cn"),
     out_dir: Path = Path("sotto-report"),
     home: Path | None = None,
     bootstrap: str | None = None,
+    epsilon_per_round: float = 2.0,
+    budget_epsilon: float = 16.0,
+    seed: int = 3,
     console: Console | None = None,
 ) -> dict[str, Any]:
     from deploy.demo_foundation import run_foundation
+    from deploy.demo_loop import LoopConfig, RegionLoop, run_rounds
+    from learner.fleet import StepCache
+    from learner.simulator import Population
 
     console = console or Console(stderr=True)
     base = SottoSettings()
-    configure_logging("WARNING", base.log_json)
+    configure_logging("ERROR", base.log_json)
     home = (home or base.home / "demo").resolve()
     if home.exists():
         shutil.rmtree(home)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"status": "running", "started": time.time(), "regions": list(regions)}
+    report: dict[str, Any] = {
+        "status": "running", "regions": list(regions),
+        "config": {"rounds": rounds, "devices_per_cohort": devices, "cohorts_per_region": cohorts,
+                   "epsilon_per_round": epsilon_per_round, "budget_epsilon": budget_epsilon, "seed": seed},
+    }  # fmt: skip
     t0 = time.perf_counter()
+    loops: list[Any] = []
     try:
         with broker(home / "kafka", bootstrap) as boot:
             console.print(f"Kafka: {boot}")
@@ -71,17 +133,100 @@ def run_demo(
             init_deployment(home, regions, boot, topic_prefix=f"sotto-demo-{int(time.time())}")
             settings = SottoSettings(home=home, kafka_bootstrap=boot)
             outcomes = run_foundation(
-                settings, home, rounds=rounds, cohorts_per_region=cohorts,
-                devices_per_cohort=devices, console=console,
-            )  # fmt: skip
+                settings,
+                home,
+                rounds=1,
+                cohorts_per_region=cohorts,
+                devices_per_cohort=3,
+                console=console,
+            )
             report["foundation"] = {r: asdict(o) for r, o in outcomes.items()}
-            console.print(_table(outcomes))
+            console.print(_foundation_table(outcomes))
+
+            cfg = LoopConfig(
+                rounds=rounds, epsilon_per_round=epsilon_per_round, budget_epsilon=budget_epsilon
+            )
+            pop = Population(seed=seed, regions=regions, cohorts_per_region=cohorts, devices_per_cohort=devices,
+                             drift_rounds=(max(1, rounds // 2),))  # fmt: skip
+            cache = StepCache(pop)
+            with console.status("building the base model and starting each region's services"):
+                for region in regions:
+                    loop = RegionLoop(settings, region, cache, cfg, home)
+                    loops.append(loop.__enter__())
+            report["loop"] = {"budget_epsilon": budget_epsilon, "drift_rounds": [d.round for d in pop.drifts],
+                              "devices": len(pop.devices)}  # fmt: skip
+            columns = [
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+            ]
+            with Progress(*columns, console=console) as progress:
+                task = progress.add_task(f"rounds ({len(pop.devices)} devices)", total=rounds)
+
+                def on_round(r: int) -> None:
+                    parts = []
+                    for loop in loops:
+                        recs = loop.records[-len(loop.cohorts) :]
+                        eps = max((x.epsilon_spent for x in recs), default=0.0)
+                        versions = ",".join(f"v{x.live_version}" for x in recs)
+                        parts.append(f"{loop.region}: ε={eps:.2f} live {versions}")
+                    progress.update(
+                        task, advance=1, description=f"round {r + 1}: " + " · ".join(parts)
+                    )
+                    _fill_loop(report, loops, r + 1)
+                    report["elapsed_s"] = round(time.perf_counter() - t0, 2)
+                    write_report(report, out_dir)
+
+                run_rounds(loops, cfg, on_round)
+            console.print(_loop_table(report["loop"]["summary"]))
         report["status"] = "complete"
     except KeyboardInterrupt:
         report["status"] = "interrupted"
         console.print("[yellow]interrupted: writing a partial report[/yellow]")
     finally:
+        for loop in loops:
+            loop.__exit__(None, None, None)
         report["elapsed_s"] = round(time.perf_counter() - t0, 2)
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
-        console.print(f"report: {out_dir / 'report.json'}")
+        page = write_report(report, out_dir)
+        console.print(
+            f"report: {page} (numbers in {out_dir / 'report.json'}) in {report['elapsed_s']} s"
+        )
     return report
+
+
+def _fill_loop(report: dict[str, Any], loops: list[Any], rounds_done: int) -> None:
+    loop_part = report["loop"]
+    loop_part["rounds"] = [asdict(r) for loop in loops for r in loop.records]
+    loop_part["events"] = [e for loop in loops for e in loop.events]
+    loop_part["refusals"] = [dict(region=loop.region, **x) for loop in loops for x in loop.refusals]
+    loop_part["device_sync"] = {loop.region: dict(loop.sync) for loop in loops}
+    foundation = report.get("foundation", {})
+    messages = {}
+    for loop in loops:
+        stats = loop.ingest_stats()
+        f = foundation.get(loop.region, {})
+        rejected = dict(stats.get("rejected", {}))
+        for k, v in f.get("rejected", {}).items():
+            rejected[k] = rejected.get(k, 0) + v
+        messages[loop.region] = {
+            "accepted": stats["accepted"] + f.get("accepted", 0),
+            "rejected": rejected,
+        }
+    loop_part["messages"] = messages
+    loop_part["summary"] = summarize_loop(loops, rounds_done)
+    report["summary"] = {
+        "rounds_done": rounds_done,
+        **{
+            f"{k} hit@1 base→live": f"{v['hit1_base']:.3f} → {v['hit1_live']:.3f}"
+            for k, v in loop_part["summary"]["cohorts"].items()
+        },
+        **{
+            f"{k} ε spent": round(v["epsilon_spent"], 3)
+            for k, v in loop_part["summary"]["cohorts"].items()
+        },
+        **{
+            f"{r} messages accepted / dead-lettered": f"{m['accepted']} / {sum(m['rejected'].values())}"
+            for r, m in messages.items()
+        },
+    }

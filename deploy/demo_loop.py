@@ -12,6 +12,7 @@ uses the simulator's ground truth and is the only thing here that sees raw data.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ class RegionLoop:
     records: list[RoundRecord] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     sync: Counter[str] = field(default_factory=Counter)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         pop = self.cache.population
@@ -118,7 +120,7 @@ class RegionLoop:
         }
         self.fleet = DeviceFleet(
             self.settings.policy, self.region, self.devices, self._contribution,
-            self.workdir / f"fleet-{self.region}", drop={"unmask": self.flaky},
+            self.workdir / f"fleet-{self.region}", drop=_split_drop(self.flaky),
             keep_inputs=False, layout=LAYOUT_V1.name,
         )  # fmt: skip
         self.fleet.start()
@@ -128,10 +130,9 @@ class RegionLoop:
     def __exit__(self, *exc: object) -> None:
         for closer in (self.fleet.close, self.feed.close, lambda: self.learner.__exit__(None, None, None),
                        lambda: self.svc.__exit__(None, None, None)):  # fmt: skip
-            try:
+            # closing everything matters more than the first error
+            with contextlib.suppress(Exception):
                 closer()
-            except Exception:  # noqa: BLE001 - closing everything matters more than the first error
-                pass
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -144,7 +145,9 @@ class RegionLoop:
 
     def _take_feed(self) -> None:
         for item in self.feed.poll(timeout_ms=300):
-            cohort = getattr(item, "cohort", None) or getattr(getattr(item, "manifest", None), "cohort", None)
+            cohort = getattr(item, "cohort", None) or getattr(
+                getattr(item, "manifest", None), "cohort", None
+            )
             if cohort not in self.refs:
                 continue
             result = apply(self.refs[cohort], item)
@@ -168,6 +171,7 @@ class RegionLoop:
         self.current_round = r
         self._take_feed()
         self.fleet.checkin()
+        self.svc.app.process_available(timeout_s=30)  # the check-ins must be stored to be sampled
         spec = RoundSpec(
             layout=LAYOUT_V1.name, dim=LAYOUT_V1.dim, clip=LAYOUT_V1.clip,
             epsilon=self.config.epsilon_per_round, delta=self.config.delta,
@@ -175,8 +179,12 @@ class RegionLoop:
         )  # fmt: skip
         opened: dict[str, str] = {}
         for c in self.cohorts:
-            res = self.svc.coordinator.open_round(c, spec, adapter_plan=self.plans[c].model_dump(mode="json"))
+            res = self.svc.coordinator.open_round(
+                c, spec, adapter_plan=self.plans[c].model_dump(mode="json")
+            )
             opened[c] = res.round_id
+            if res.status != "open":
+                self.refusals.append({"round": r, "cohort": c, "reason": res.reason[:300]})
         return opened
 
     def step(self) -> None:
@@ -195,7 +203,9 @@ class RegionLoop:
         spent = {b.cohort: b.epsilon_spent for b in ledger_report(self.svc.app.engine, self.region)}
         for c in self.cohorts:
             status = self.svc.coordinator.status(opened[c]) or "unknown"
-            held = StepArrays.concat(self.cache.heldout(d, r) for d, cc in self.devices.items() if cc == c)
+            held = StepArrays.concat(
+                self.cache.heldout(d, r) for d, cc in self.devices.items() if cc == c
+            )
             plan = self.plans[c]
             cand = plan.canary_version or plan.shadow_version
             rec = RoundRecord(
@@ -219,6 +229,13 @@ class RegionLoop:
 
     def ingest_stats(self) -> dict[str, Any]:
         return self.svc.app.stats.as_dict()
+
+
+def _split_drop(flaky: set[str]) -> dict[str, set[str]]:
+    """Half the flaky devices vanish before sending their masked input (their pairwise masks
+    must be rebuilt from shares), half after it (their self masks are removed)."""
+    ordered = sorted(flaky)
+    return {"masked": set(ordered[::2]), "unmask": set(ordered[1::2])}
 
 
 def _release_row(engine: Any, region: str, cohort: str, round_id: str) -> tuple[int, int] | None:
