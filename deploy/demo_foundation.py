@@ -25,6 +25,7 @@ from edge_client.steps import AgentStep
 from ingestion.aggregates import aggregates
 from ingestion.audit import verify_chain
 from ingestion.service import IngestionApp
+from ingestion.topics import ensure_region_topics
 from learner.simulator import Population
 from privacy.wire import b64d, b64e
 
@@ -105,6 +106,8 @@ def run_foundation(
         devices_per_cohort=devices_per_cohort,
         steps_per_round=12,
     )
+    for region in regions:
+        ensure_region_topics(policy.region(region))
     sent: dict[str, list[bytes]] = {r: [] for r in regions}
     outcomes = {r: RegionOutcome(region=r) for r in regions}
     devices = [

@@ -77,6 +77,7 @@ def plot_rollouts(events: list[dict[str, Any]], cohorts: list[str], path: Path) 
         "rollback": ("v", "tab:red"),
     }  # fmt: skip
     seen: set[str] = set()
+    placed: dict[tuple[int, str], int] = defaultdict(int)
     for e in events:
         key = f"{e['region']}/{e['cohort']}"
         if key not in ypos:
@@ -90,8 +91,10 @@ def plot_rollouts(events: list[dict[str, Any]], cohorts: list[str], path: Path) 
         else:
             stage = "shadow"
         marker, color = styles[stage]
+        x = e["round"] + 0.22 * placed[(e["round"], key)]  # side by side when a round has several
+        placed[(e["round"], key)] += 1
         ax.scatter(
-            e["round"],
+            x,
             ypos[key],
             marker=marker,
             color=color,
@@ -100,7 +103,7 @@ def plot_rollouts(events: list[dict[str, Any]], cohorts: list[str], path: Path) 
         )
         ax.annotate(
             f"v{e['version']}",
-            (e["round"], ypos[key]),
+            (x, ypos[key]),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=7,

@@ -15,16 +15,25 @@ What is recorded: the action, its app and coordinates, the task text (hashed int
 embedding, never sent), the foreground app, and an outcome: ``failed`` when the step did
 not succeed, ``overridden`` when the user took over or the caller reports an override,
 ``accepted`` otherwise. Free text the agent typed is dropped by the context store.
+
+:func:`personalize` wires both directions into one agent: the observer records its steps and
+a :class:`edge_client.hint.PreferenceHint` tells it, per task, what this user tends to open.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edge_client.steps import ACTIONS, AgentStep, Outcome
 from privacy.wire import utcnow
+
+if TYPE_CHECKING:
+    from edge_client.hint import PreferenceHint
+
+log = logging.getLogger(__name__)
 
 
 class StepRecorder(Protocol):
@@ -45,6 +54,9 @@ class AgentObserver:
     current_app
         Optional callable returning the foreground app (e.g. Open-AutoGLM's
         ``device_factory.get_current_app``); without it the last launched app is used.
+    task_filter
+        Maps the task the agent was given to the instruction to record, e.g.
+        :meth:`PreferenceHint.strip` so an appended hint is never learned from.
     """
 
     def __init__(
@@ -53,10 +65,12 @@ class AgentObserver:
         *,
         clock: Callable[[], datetime] = utcnow,
         current_app: Callable[[], str | None] | None = None,
+        task_filter: Callable[[str], str] | None = None,
     ) -> None:
         self.recorder = recorder
         self.clock = clock
         self.current_app = current_app
+        self.task_filter = task_filter
         self._task: str | None = None
         self._foreground: str | None = None
         self._last: AgentStep | None = None
@@ -74,7 +88,7 @@ class AgentObserver:
 
     def start_task(self, task: str) -> None:
         """A new user instruction: every following step is recorded under it."""
-        self._task = task
+        self._task = self.task_filter(task) if self.task_filter else task
         self._last = None
 
     def observe(self, result: Any, *, outcome: Outcome | None = None) -> AgentStep | None:
@@ -184,3 +198,62 @@ class AgentObserver:
                 if name in vars(agent):
                     delattr(agent, name)
         self._attached.clear()
+
+
+def personalize(
+    agent: Any,
+    recorder: StepRecorder,
+    hint: PreferenceHint,
+    *,
+    where: Literal["task", "system_prompt"] = "task",
+    clock: Callable[[], datetime] = utcnow,
+    current_app: Callable[[], str | None] | None = None,
+) -> AgentObserver:
+    """Make a PhoneAgent personal in one call: record its steps and hint every task.
+
+    After this, ``agent.run(task)`` runs with the hint for ``task`` appended to the task text
+    (``where="task"``) or to ``agent.agent_config.system_prompt`` for that run only
+    (``where="system_prompt"``; restored afterwards). Steps are recorded to ``recorder``
+    under the user's own ``task``: the appended hint is stripped first, so the device never
+    learns from its own suggestions. Only ``run`` is hinted; ``step()`` is observed as is.
+
+    Why hint failures are swallowed: personalization is optional. A model or context store
+    error is logged and the task runs unhinted rather than not at all.
+
+    Returns the :class:`AgentObserver` (for ``user_override`` and ``detach``, which also
+    removes the hint)::
+
+        observer = personalize(agent, device, PreferenceHint(model, device.context_embedding))
+        agent.run("打开导航去公司")
+    """
+    if not callable(getattr(agent, "run", None)):
+        raise TypeError("agent has no run(task); is it a PhoneAgent?")
+    config = getattr(agent, "agent_config", None)
+    if where == "system_prompt" and not isinstance(getattr(config, "system_prompt", None), str):
+        raise TypeError("where='system_prompt' needs agent.agent_config.system_prompt")
+    observer = AgentObserver(
+        recorder, clock=clock, current_app=current_app, task_filter=hint.strip
+    )
+    observer.attach(agent)
+    observed_run = agent.run
+
+    def personalized_run(task: str, *args: Any, **kwargs: Any) -> Any:
+        if where == "task":
+            return observed_run(_hinted(hint.augment_task, task, task), *args, **kwargs)
+        base = config.system_prompt
+        config.system_prompt = _hinted(lambda t: hint.system_prompt(base, t), task, base)
+        try:
+            return observed_run(task, *args, **kwargs)
+        finally:
+            config.system_prompt = base
+
+    agent.run = personalized_run
+    return observer
+
+
+def _hinted(render: Callable[[str], str], task: str, fallback: str) -> str:
+    try:
+        return render(task)
+    except Exception:  # see personalize(): a broken hint must not stop the user's task
+        log.warning("preference hint failed; running the task without it", exc_info=True)
+        return fallback

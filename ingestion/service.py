@@ -28,13 +28,10 @@ from typing import Any
 import structlog
 from kafka import (
     ConsumerRebalanceListener,
-    KafkaAdminClient,
     KafkaConsumer,
     KafkaProducer,
     TopicPartition,
 )
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
 from sqlalchemy import Engine, select
 
 from deploy.settings import SottoSettings
@@ -43,6 +40,7 @@ from ingestion.db import consumer_offsets, open_database, reading
 from ingestion.keyring import KeyWatcher
 from ingestion.processor import build_checkpoint
 from ingestion.stats import IngestStats
+from ingestion.topics import ensure_region_topics
 from ingestion.validator import Validator
 from privacy.wire import utcnow
 
@@ -169,17 +167,9 @@ class IngestionApp:
 
     def ensure_topics(self) -> None:
         """Create the region's topics that do not exist yet (partitions from the policy)."""
-        admin = KafkaAdminClient(bootstrap_servers=self.config.bootstrap_servers)
-        try:
-            existing = set(admin.list_topics())
-            missing = [t for t in self.config.t.all() if t not in existing]
-            if missing:
-                new = [NewTopic(t, self.config.partitions, replication_factor=-1) for t in missing]
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    admin.create_topics(new)
-                self._log.info("topics_created", topics=missing)
-        finally:
-            admin.close()
+        missing = ensure_region_topics(self.config)
+        if missing:
+            self._log.info("topics_created", topics=missing)
 
     # -- offsets --------------------------------------------------------------------------
     def durable_offsets(self) -> dict[tuple[str, int], int]:

@@ -76,3 +76,36 @@ def test_audit_passes_on_demo_data_and_fails_on_a_tampered_copy(
     assert bad.returncode == 1
     chain = {c["name"]: c for c in json.loads(bad.stdout)["checks"]}["audit_chain"]
     assert chain["ok"] is False and chain["evidence"]["first_bad_seq"] == 2
+
+
+def test_full_loop_demo_report(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """A shortened whole-platform run: rounds are released with DP, ε adds up, adapters flow."""
+    from privacy import accountant
+
+    out = tmp_path / "report"
+    report = run_demo(
+        rounds=3, devices=10, cohorts=1, out_dir=out, home=tmp_path / "home",
+        bootstrap=kafka_bootstrap, epsilon_per_round=2.0, budget_epsilon=16.0,
+    )  # fmt: skip
+    assert report["status"] == "complete"
+    saved = json.loads((out / "report.json").read_text())
+    assert (out / "index.html").is_file() and (out / "hit1.png").is_file()
+    rounds = saved["loop"]["rounds"]
+    assert len(rounds) == 3 * 2  # 3 rounds x (eu, cn) x 1 cohort
+    assert all(r["status"] == "released" for r in rounds)
+    for region in ("eu", "cn"):
+        mine = sorted((r for r in rounds if r["region"] == region), key=lambda r: r["round"])
+        spent = [r["epsilon_spent"] for r in mine]
+        assert spent == sorted(spent) and spent[0] > 0  # the ledger only grows
+        assert spent[-1] <= 16.0
+        # one device per region is flaky: 10 % of 10 drops mid-round, the rest are counted
+        assert all(8 <= r["participants"] <= 10 for r in mine)
+        assert all(0.0 <= r["hit1_base"] <= 1.0 for r in mine)
+        msgs = saved["loop"]["messages"][region]
+        assert msgs["accepted"] > 3 * 10 * 3  # check-ins + protocol messages + foundation
+        assert sum(msgs["rejected"].values()) == 5  # the foundation's hostile records only
+        # the learner shipped at least a shadow candidate, signed, to the region's devices
+        evs = [e for e in saved["loop"]["events"] if e["region"] == region]
+        assert evs and all(e["cohort"] == f"{region}-c0" for e in evs)
+    # ε per round is what the accountant says for the round's noise (composition is sublinear)
+    assert accountant.epsilon([accountant.calibrate(2.0, 1e-6)], 1e-6) <= 2.0 + 1e-3

@@ -1,0 +1,249 @@
+"""Turn the live on-device adapter into a one-line preference hint for a phone agent.
+
+Why a text hint: a phone agent such as Open-AutoGLM decides every action with a
+vision-language model that reads a system prompt and the user's task. The cheapest way to
+make it personal, without forking the agent or touching its model, is to tell it in words
+what this user tends to open for this kind of request: "此类请求通常使用 高德地图（0.82）".
+The agent stays in charge; the hint only breaks ties the task leaves open.
+
+What leaves the on-device model here: app names from the public catalogue and this device's
+own probabilities for them, rounded to two digits. Never the context embedding, the step
+history, other users' scores or anything the user typed. The hint does go into the agent's
+prompt, so it reaches whatever endpoint serves the agent's model: keep ``min_score`` high
+enough that only real habits are stated, and ``show_scores=False`` drops the numbers too.
+
+When the hint stays silent (empty string, ``choose_app`` is None):
+
+* the model's best candidate scores below ``min_score``. The model ranks a closed catalogue,
+  so it always has *some* best app, even for "你好"; the threshold is what keeps unrelated
+  tasks free of hints;
+* the task already names a catalogue app ("打开百度地图"): the user's explicit choice wins;
+* the best candidate is not an app launch (reserved for future catalogue actions).
+
+Runners-up are listed only when they clear ``min_alternative`` and serve an intent the top
+app serves (maps after maps, not a music app after maps).
+
+Example (``model`` a :class:`edge_client.runtime.DeviceModel`, ``device`` an
+:class:`edge_client.device.EdgeDevice`)::
+
+    hint = PreferenceHint(model, device.context_embedding, lang="cn")
+    hint.choose_app("打开导航")      # "高德地图" once the live adapter is confident, else None
+    hint.augment_task("打开导航")    # "打开导航\\n\\n用户偏好（设备端学习）：此类请求通常使用 高德地图（0.82），..."
+
+>>> PreferenceHint.strip("打开导航\\n\\n用户偏好（设备端学习）：此类请求通常使用 高德地图（0.82）。")
+'打开导航'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+
+from learner.catalog import CANDIDATES, INTENT_APPS
+
+if TYPE_CHECKING:
+    from edge_client.runtime import Suggestion
+
+Lang = Literal["cn", "en"]
+
+LAUNCH_PREFIX = "launch:"
+HINT_PREFIX: dict[str, str] = {
+    "cn": "用户偏好（设备端学习）：",
+    "en": "User preference (learned on device): ",
+}
+_SEPARATOR = "\n\n"
+
+
+class SuggestionSource(Protocol):
+    """What the hint reads: :meth:`edge_client.runtime.DeviceModel.suggest` (live adapter)."""
+
+    def suggest(
+        self, instruction: str, context_embedding: np.ndarray, k: int = 3
+    ) -> list[Suggestion]: ...
+
+
+@dataclass(frozen=True)
+class AppPreference:
+    """One app the hint may name, with this device's probability for it."""
+
+    app: str
+    score: float
+
+
+def _catalogue_apps() -> tuple[str, ...]:
+    return tuple(c[len(LAUNCH_PREFIX) :] for c in CANDIDATES if c.startswith(LAUNCH_PREFIX))
+
+
+def _app_pattern(app: str) -> re.Pattern[str]:
+    # Latin names only match as whole words ("Signal" must not fire on "signal strength");
+    # CJK names have no word boundaries, so a plain substring is the right test there.
+    escaped = re.escape(app.lower())
+    if re.search(r"[a-z0-9]", app.lower()):
+        return re.compile(rf"(?<![a-z0-9]){escaped}(?![a-z0-9])")
+    return re.compile(escaped)
+
+
+_APP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (app, _app_pattern(app)) for app in _catalogue_apps()
+)
+_APP_INTENTS: dict[str, frozenset[str]] = {
+    app: frozenset(
+        intent
+        for intent, by_region in INTENT_APPS.items()
+        if any(app in apps for apps in by_region.values())
+    )
+    for app in _catalogue_apps()
+}
+
+
+def named_apps(text: str) -> list[str]:
+    """Catalogue apps that ``text`` names explicitly (case-insensitive for Latin names).
+
+    >>> named_apps("打开百度地图导航去公司"), named_apps("check the signal strength")
+    (['百度地图'], [])
+    """
+    lowered = text.lower()
+    return [app for app, pattern in _APP_PATTERNS if pattern.search(lowered)]
+
+
+class PreferenceHint:
+    """Render the live adapter's suggestions as a short hint for an agent's prompt.
+
+    Parameters
+    ----------
+    model
+        A :class:`~edge_client.runtime.DeviceModel` (anything with ``suggest``). Read on every
+        call, so an adapter installed or rolled back meanwhile is reflected at once.
+    context
+        The device's current context embedding, e.g. ``EdgeDevice.context_embedding``.
+    min_score
+        Probability the top app needs before anything is said or launched.
+    min_alternative
+        Probability a same-intent runner-up needs to be listed after the top app.
+    k
+        How many suggestions to read from the model (the top one plus runners-up).
+    lang
+        ``"cn"`` or ``"en"``, as Open-AutoGLM's ``AgentConfig.lang``.
+    show_scores
+        Whether the rendered hint carries the probabilities.
+    """
+
+    def __init__(
+        self,
+        model: SuggestionSource,
+        context: Callable[[], np.ndarray],
+        *,
+        min_score: float = 0.6,
+        min_alternative: float = 0.1,
+        k: int = 3,
+        lang: Lang = "cn",
+        show_scores: bool = True,
+    ) -> None:
+        if not 0.0 < min_score <= 1.0:
+            raise ValueError("min_score must be in (0, 1]")
+        if not 0.0 < min_alternative <= 1.0:
+            raise ValueError("min_alternative must be in (0, 1]")
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if lang not in HINT_PREFIX:
+            raise ValueError(f"lang must be one of {sorted(HINT_PREFIX)}, not {lang!r}")
+        self.model = model
+        self.context = context
+        self.min_score = min_score
+        self.min_alternative = min_alternative
+        self.k = k
+        self.lang: Lang = lang
+        self.show_scores = show_scores
+
+    def __repr__(self) -> str:
+        return (
+            f"PreferenceHint(min_score={self.min_score}, min_alternative={self.min_alternative}, "
+            f"k={self.k}, lang={self.lang!r})"
+        )
+
+    # --- what the model prefers --------------------------------------------------------------
+
+    def preferences(self, instruction: str) -> list[AppPreference]:
+        """The confident top app and its same-intent runners-up, best first; ``[]`` when the
+        hint should stay silent (see the module docstring for when)."""
+        if not instruction.strip() or named_apps(instruction):
+            return []
+        suggestions = self.model.suggest(instruction, self.context(), k=self.k)
+        return self._select(suggestions)
+
+    def _select(self, suggestions: Sequence[Suggestion]) -> list[AppPreference]:
+        if not suggestions:
+            return []
+        best = suggestions[0]
+        if not best.candidate.startswith(LAUNCH_PREFIX) or best.score < self.min_score:
+            return []
+        top = AppPreference(best.candidate[len(LAUNCH_PREFIX) :], float(best.score))
+        intents = _APP_INTENTS.get(top.app, frozenset())
+        picked = [top]
+        for s in suggestions[1:]:
+            if not s.candidate.startswith(LAUNCH_PREFIX) or s.score < self.min_alternative:
+                continue
+            app = s.candidate[len(LAUNCH_PREFIX) :]
+            if _APP_INTENTS.get(app, frozenset()) & intents:
+                picked.append(AppPreference(app, float(s.score)))
+        return picked
+
+    def choose_app(self, instruction: str) -> str | None:
+        """The app to Launch for ``instruction`` when the live adapter is confident, else None."""
+        prefs = self.preferences(instruction)
+        return prefs[0].app if prefs else None
+
+    # --- rendering ---------------------------------------------------------------------------
+
+    def text(self, instruction: str) -> str:
+        """The hint sentence for ``instruction``, or ``""`` when nothing is confident."""
+        return self.render(self.preferences(instruction))
+
+    def render(self, prefs: Sequence[AppPreference]) -> str:
+        """Words for ``prefs`` (as :meth:`preferences` returns them) in this hint's language."""
+        if not prefs:
+            return ""
+        top, rest = prefs[0], prefs[1:]
+        if self.lang == "cn":
+            said = f"此类请求通常使用 {self._app(top, '（', '）')}"
+            if rest:
+                said += "，其次 " + "、".join(self._app(p, "（", "）") for p in rest)
+            return f"{HINT_PREFIX['cn']}{said}。任务未指定应用时，优先打开 {top.app}。"
+        said = f"for requests like this the user usually opens {self._app(top, ' (', ')')}"
+        if rest:
+            said += ", then " + ", ".join(self._app(p, " (", ")") for p in rest)
+        return f"{HINT_PREFIX['en']}{said}. If the task names no app, prefer {top.app}."
+
+    def _app(self, pref: AppPreference, open_: str, close: str) -> str:
+        return f"{pref.app}{open_}{pref.score:.2f}{close}" if self.show_scores else pref.app
+
+    # --- where the hint goes ---------------------------------------------------------------
+
+    def augment_task(self, task: str) -> str:
+        """``task`` with the hint appended after a blank line; ``task`` unchanged if no hint.
+
+        :meth:`strip` recovers ``task``, which is what the device must record as the
+        instruction: learning from hint text would feed the model's output back as its input.
+        """
+        hint = self.text(task)
+        return f"{task}{_SEPARATOR}{hint}" if hint else task
+
+    def system_prompt(self, base_prompt: str, instruction: str) -> str:
+        """``base_prompt`` (e.g. Open-AutoGLM's ``AgentConfig.system_prompt``) with the hint
+        for ``instruction`` appended; unchanged if no hint."""
+        hint = self.text(instruction)
+        return f"{base_prompt.rstrip()}{_SEPARATOR}{hint}" if hint else base_prompt
+
+    @staticmethod
+    def strip(text: str) -> str:
+        """``text`` without a hint that :meth:`augment_task` appended (in either language)."""
+        cut = len(text)
+        for prefix in HINT_PREFIX.values():
+            at = text.find(_SEPARATOR + prefix)
+            if at != -1:
+                cut = min(cut, at)
+        return text[:cut]
