@@ -28,6 +28,18 @@ test: install kafka
 demo: install kafka
 	$(VENV)/bin/sotto demo
 
+# Benchmarks print one JSON object each (see docs/benchmarks.md). Flower is installed without its
+# dependency pins (they would downgrade protobuf/typer/rich); only its secure_aggregation
+# primitives are used, side by side with ours.
+bench: install kafka
+	$(PY) -m pip install -q --no-deps 'flwr>=1.20,<2'
+	$(PY) -m pip install -q 'pycryptodome>=3.18,<4' 'iterators<0.0.3' grpcio httpx
+	$(VENV)/bin/sotto bench ingest --json
+	$(VENV)/bin/sotto bench secagg --json
+	$(VENV)/bin/sotto bench learner --json
+	$(VENV)/bin/sotto bench edge --json
+	$(VENV)/bin/sotto bench quality --json
+
 lint: install
 	$(VENV)/bin/ruff check .
 
