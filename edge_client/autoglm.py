@@ -231,9 +231,7 @@ def personalize(
     config = getattr(agent, "agent_config", None)
     if where == "system_prompt" and not isinstance(getattr(config, "system_prompt", None), str):
         raise TypeError("where='system_prompt' needs agent.agent_config.system_prompt")
-    observer = AgentObserver(
-        recorder, clock=clock, current_app=current_app, task_filter=hint.strip
-    )
+    observer = AgentObserver(recorder, clock=clock, current_app=current_app, task_filter=hint.strip)
     observer.attach(agent)
     observed_run = agent.run
 

@@ -78,13 +78,18 @@ def _catalogue_apps() -> tuple[str, ...]:
     return tuple(c[len(LAUNCH_PREFIX) :] for c in CANDIDATES if c.startswith(LAUNCH_PREFIX))
 
 
+# Catalogue names that are also everyday English: they count as named only when capitalised
+# as the app writes itself ("Signal", not "the signal strength").
+_ORDINARY_WORDS = frozenset({"Signal", "Bolt", "Just Eat", "FREE NOW"})
+
+
 def _app_pattern(app: str) -> re.Pattern[str]:
-    # Latin names only match as whole words ("Signal" must not fire on "signal strength");
-    # CJK names have no word boundaries, so a plain substring is the right test there.
-    escaped = re.escape(app.lower())
-    if re.search(r"[a-z0-9]", app.lower()):
-        return re.compile(rf"(?<![a-z0-9]){escaped}(?![a-z0-9])")
-    return re.compile(escaped)
+    # Latin names match as whole words only ("Bolt" must not fire on "Bolton"); CJK names
+    # have no word boundaries, so a plain substring is the right test there.
+    flags = 0 if app in _ORDINARY_WORDS else re.IGNORECASE
+    if re.search(r"[A-Za-z0-9]", app):
+        return re.compile(rf"(?<![A-Za-z0-9]){re.escape(app)}(?![A-Za-z0-9])", flags)
+    return re.compile(re.escape(app), flags)
 
 
 _APP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -101,13 +106,15 @@ _APP_INTENTS: dict[str, frozenset[str]] = {
 
 
 def named_apps(text: str) -> list[str]:
-    """Catalogue apps that ``text`` names explicitly (case-insensitive for Latin names).
+    """Catalogue apps that ``text`` names explicitly (Latin names case-insensitively, except
+    those that are ordinary words).
 
-    >>> named_apps("打开百度地图导航去公司"), named_apps("check the signal strength")
-    (['百度地图'], [])
+    >>> named_apps("打开百度地图导航去公司"), named_apps("open spotify")
+    (['百度地图'], ['Spotify'])
+    >>> named_apps("check the signal strength"), named_apps("message Anna on Signal")
+    ([], ['Signal'])
     """
-    lowered = text.lower()
-    return [app for app, pattern in _APP_PATTERNS if pattern.search(lowered)]
+    return [app for app, pattern in _APP_PATTERNS if pattern.search(text)]
 
 
 class PreferenceHint:
