@@ -100,7 +100,8 @@ def _broker(port: int | None, data_dir: Path | None):
     d = data_dir or s.kafka.data_dir
     if port is None:
         return LocalKafka.from_data_dir(d, lib_dir=s.kafka.lib_dir, heap=s.kafka.heap)
-    return LocalKafka(data_dir=d, port=port, lib_dir=s.kafka.lib_dir, heap=s.kafka.heap)
+    return LocalKafka(data_dir=d, port=port, controller_port=s.kafka.controller_port,
+                      lib_dir=s.kafka.lib_dir, heap=s.kafka.heap)  # fmt: skip
 
 
 @kafka_app.command("fetch")
@@ -163,27 +164,34 @@ def ingest(
     coordinate: Annotated[
         bool, typer.Option(help="also coordinate SecAgg+ rounds (the region's round service)")
     ] = False,
-    budget_epsilon: Annotated[float, typer.Option(help="per-cohort ε budget (rounds)")] = 10.0,
-    budget_delta: Annotated[float, typer.Option(help="per-cohort δ budget (rounds)")] = 1e-5,
+    budget_epsilon: Annotated[
+        float | None, typer.Option(help="per-cohort ε budget (default: rounds.budget_epsilon)")
+    ] = None,
+    budget_delta: Annotated[
+        float | None, typer.Option(help="per-cohort δ budget (default: rounds.budget_delta)")
+    ] = None,
 ) -> None:
     """Run REGION's ingestion service until SIGTERM/SIGINT (or --max-idle-s without records).
 
     With --coordinate it is the region's round service: ingestion plus the SecAgg+ round
     coordinator on the same database (rounds are opened through its API or the demo)."""
+    s = _settings()
+    metrics_port = s.ingest.metrics_port if metrics_port is None else metrics_port
     if coordinate:
         from ingestion.round_service import main as round_main
 
+        eps = s.rounds.budget_epsilon if budget_epsilon is None else budget_epsilon
+        delta = s.rounds.budget_delta if budget_delta is None else budget_delta
         raise typer.Exit(
             round_main(
-                ["--region", region, "--budget-epsilon", str(budget_epsilon),
-                 "--budget-delta", str(budget_delta)]
+                ["--region", region, "--budget-epsilon", repr(eps), "--budget-delta", repr(delta)]
                 + (["--metrics-port", str(metrics_port)] if metrics_port is not None else [])
             )
         )  # fmt: skip
     from ingestion.runner import run_region
 
     try:
-        stats = run_region(_settings(), region, max_idle_s, metrics_port)
+        stats = run_region(s, region, max_idle_s, metrics_port)
     except SottoError as exc:
         _fail(exc)
     console.print(stats.as_dict())
@@ -202,8 +210,12 @@ def learn(
     """Run REGION's learner: released aggregates in, signed adapters out (until SIGTERM)."""
     from learner.runner import run_region
 
+    s = _settings()
     try:
-        stats = run_region(_settings(), region, max_idle_s, metrics_port=metrics_port)
+        stats = run_region(
+            s, region, max_idle_s, group_id=f"{s.learner.group_prefix}-{region}",
+            metrics_port=s.learner.metrics_port if metrics_port is None else metrics_port,
+        )  # fmt: skip
     except SottoError as exc:
         _fail(exc)
     console.print(stats.as_dict())
@@ -397,6 +409,55 @@ def bench_quality(
     from deploy.bench_quality import run_quality_bench
 
     _emit(run_quality_bench(devices_per_cohort=devices, rounds=rounds, epsilon=epsilon), as_json)
+
+
+config_app = typer.Typer(help="Inspect and document the settings.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Print the effective settings (defaults < sotto.toml < SOTTO_* env) and each one's source.
+
+    The text form is a valid sotto.toml. Keys that name no setting are warned about on
+    stderr, because the settings ignore them and a typo would silently keep a default."""
+    from deploy import settings as st
+
+    try:
+        s, sources, path = _settings(), st.value_sources(), st.config_file()
+    except SottoError as exc:
+        _fail(exc)
+    for key in st.unknown_keys():
+        console.print(f"[yellow]warning:[/yellow] not a setting, ignored: {key}")
+    if as_json:
+        doc = {"config_file": str(path) if path else None,
+               "settings": s.model_dump(mode="json"), "sources": sources}  # fmt: skip
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    print(f"# config file: {path or '(none)'}; sources: default, file, env")
+    print(st.render_toml(s, sources), end="")
+
+
+@config_app.command("doc")
+def config_doc(
+    update: Annotated[
+        Path | None, typer.Option(help="rewrite the generated section of this Markdown file")
+    ] = None,
+) -> None:
+    """Print every setting as Markdown tables (name, env var, type, default, description)."""
+    from deploy import settings as st
+
+    table = st.render_markdown()
+    if update is None:
+        print(table, end="")
+        return
+    try:
+        update.write_text(st.replace_generated(update.read_text(), table))
+    except (SottoError, OSError) as exc:
+        _fail(exc)
+    console.print(f"updated {update}")
 
 
 def main() -> None:  # pragma: no cover - console entry point shim

@@ -115,7 +115,9 @@ class LearnerApp:
         self.adapters_topic = self.config.t.adapters
         self.stats = LearnerStats()
         self._factory = learner_factory
-        self._consumer_config = {**CONSUMER_DEFAULTS, **(consumer_config or {})}
+        self._consumer_config = {
+            **CONSUMER_DEFAULTS, **settings.learner.consumer_config(), **(consumer_config or {})
+        }
         self._create_topics = create_topics
         self._stop = threading.Event()
         self._engine: Engine | None = None

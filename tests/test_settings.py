@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from deploy import keystore
 from deploy.bootstrap import init_deployment
-from deploy.settings import SottoSettings
+from deploy.cli import app
+from deploy.settings import (
+    DOC_BEGIN,
+    DOC_END,
+    SottoSettings,
+    leaf_fields,
+    render_markdown,
+    replace_generated,
+    unknown_keys,
+    value_sources,
+)
 from privacy.errors import ConfigError
 from privacy.keys import KeyStatus
 
@@ -57,3 +72,120 @@ def test_keystore_rotation_and_retirement(tmp_path: Path) -> None:
     assert ks3.get(first).status is KeyStatus.RETIRED
     assert not priv.exists()
     assert first not in keystore.load_private_keys(d)
+
+
+# -- configuration story: sections, `sotto config`, docs/configuration.md ---------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No SOTTO_* variables and an empty working directory (so no ./sotto.toml)."""
+    for name in list(os.environ):
+        if name.upper().startswith("SOTTO_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_settings_work_with_no_file_and_no_env(clean_env: Path) -> None:
+    s = SottoSettings()
+    assert s.ingest.metrics_port is None and s.learner.metrics_port is None
+    assert s.rounds.budget_epsilon == 10.0 and s.rounds.budget_delta == 1e-5
+    assert value_sources() == dict.fromkeys(value_sources(), "default")
+    assert unknown_keys() == []
+
+
+def test_every_setting_is_described() -> None:
+    for section, name, info in leaf_fields():
+        assert info.description and len(info.description) > 20, f"{section}.{name}"
+
+
+def test_configuration_doc_is_generated_from_the_model() -> None:
+    """docs/configuration.md's option tables are `sotto config doc`'s output, byte for byte."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    assert DOC_BEGIN in text and DOC_END in text
+    generated = text.split(DOC_BEGIN, 1)[1].split(DOC_END, 1)[0]
+    assert generated == "\n" + render_markdown(), (
+        "docs/configuration.md is stale: run `sotto config doc --update docs/configuration.md`"
+    )
+    assert replace_generated(text, render_markdown()) == text
+
+
+def test_section_defaults_equal_the_code_they_configure(clean_env: Path) -> None:
+    """The new sections are additive: their defaults are what the services hard-code."""
+    from ingestion.round_open import RoundSpec
+    from learner.cohort import LearnerConfig
+    from learner.service import CONSUMER_DEFAULTS
+
+    s = SottoSettings()
+    spec = s.rounds.spec("t", 4, 1.0)
+    plain = RoundSpec(layout="t", dim=4, clip=1.0, epsilon=spec.epsilon, delta=spec.delta)
+    assert spec == plain
+    assert s.rounds.spec("t", 4, 1.0, scale=256.0).scale == 256.0
+    assert s.rounds.budget().epsilon == s.rounds.budget_epsilon
+    assert s.learner.consumer_config().items() <= CONSUMER_DEFAULTS.items()
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    for f in dataclasses.fields(LearnerConfig):  # the code-level knobs are all documented
+        assert f"| `{f.name}` |" in doc, f.name
+
+
+def test_config_show_reports_sources_and_round_trips(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / "sotto.toml").write_text(
+        "log_json = true\ntypo_key = 1\n[rounds]\nepsilon = 0.5\nbudget_epsilon = 4.0\n"
+        "[ingest]\nmetrics_port = 9101\n"
+    )
+    monkeypatch.setenv("SOTTO_ROUNDS__BUDGET_EPSILON", "6")
+    monkeypatch.setenv("SOTTO_NOT_A_SETTING", "x")
+    runner = CliRunner()
+    res = runner.invoke(app, ["config", "show", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["settings"]["rounds"]["budget_epsilon"] == 6.0
+    assert doc["sources"]["rounds.budget_epsilon"] == "env"
+    assert doc["sources"]["rounds.epsilon"] == "file"
+    assert doc["sources"]["rounds.delta"] == "default"
+    assert "typo_key" in res.stderr and "SOTTO_NOT_A_SETTING" in res.stderr
+
+    text = runner.invoke(app, ["config", "show"]).stdout
+    assert "SOTTO_ROUNDS__BUDGET_EPSILON" in text
+    pinned = tomllib.loads(text)  # the text form is a valid sotto.toml ...
+    (clean_env / "pinned.toml").write_text(text)
+    monkeypatch.setenv("SOTTO_CONFIG", str(clean_env / "pinned.toml"))
+    monkeypatch.delenv("SOTTO_ROUNDS__BUDGET_EPSILON")
+    assert SottoSettings().model_dump() == SottoSettings.model_validate(pinned).model_dump()
+    assert SottoSettings().rounds.budget_epsilon == 6.0  # ... that pins the effective values
+
+
+def test_ingest_coordinate_takes_its_budget_from_settings(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ingestion.round_service
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(ingestion.round_service, "main", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setenv("SOTTO_ROUNDS__BUDGET_EPSILON", "3.5")
+    monkeypatch.setenv("SOTTO_INGEST__METRICS_PORT", "9101")
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", "--region", "eu", "--coordinate"]).exit_code == 0
+    assert runner.invoke(
+        app, ["ingest", "--region", "eu", "--coordinate", "--budget-epsilon", "2",
+              "--budget-delta", "1e-7", "--metrics-port", "9200"],
+    ).exit_code == 0  # fmt: skip
+    first, second = ({a: b for a, b in zip(c[::2], c[1::2], strict=True)} for c in calls)
+    assert first["--budget-epsilon"] == "3.5" and float(first["--budget-delta"]) == 1e-5
+    assert first["--metrics-port"] == "9101"
+    assert float(second["--budget-epsilon"]) == 2.0 and float(second["--budget-delta"]) == 1e-7
+    assert second["--metrics-port"] == "9200"
+
+
+def test_config_doc_update_needs_markers(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("no markers\n")
+    assert CliRunner().invoke(app, ["config", "doc", "--update", str(page)]).exit_code == 2
+    page.write_text(f"intro\n{DOC_BEGIN}\nold\n{DOC_END}\noutro\n")
+    assert CliRunner().invoke(app, ["config", "doc", "--update", str(page)]).exit_code == 0
+    assert page.read_text() == f"intro\n{DOC_BEGIN}\n{render_markdown()}{DOC_END}\noutro\n"
