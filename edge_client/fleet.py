@@ -33,6 +33,7 @@ from edge_client.round_client import STAGE_OF, KeptInput, OutboxTransport, Round
 from privacy.keys import KeyEntry
 from privacy.policy import RegionPolicy
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
+from privacy.round_check import DEFAULT_FLOOR, PrivacyFloor
 from privacy.round_wire import RoundClosed, RoundOpen, parse_rounds_message
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class DeviceFleet:
         layout: str = "",
         randomness: Randomness = DEFAULT_RANDOMNESS,
         timeout_s: float = 10.0,
+        floor: PrivacyFloor = DEFAULT_FLOOR,
     ) -> None:
         self.policy = policy
         self.region = region
@@ -104,6 +106,7 @@ class DeviceFleet:
                 layout=layout,
                 randomness=randomness,
                 keep_inputs=keep_inputs,
+                floor=floor,
             )  # fmt: skip
             for dev, cohort in self.devices.items()
         }

@@ -32,10 +32,11 @@ from edge_client.outbox import Outbox
 from edge_client.producer import OutboxProducer
 from privacy import quantize
 from privacy.envelope import seal
-from privacy.errors import ProtocolError
+from privacy.errors import ProtocolError, RemoteProtocolError
 from privacy.keys import KeyEntry
 from privacy.policy import RegionConfig
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
+from privacy.round_check import DEFAULT_FLOOR, PrivacyFloor, check_round
 from privacy.round_wire import Checkin, RoundClosed, RoundOpen
 from privacy.secagg import SecAggClient
 from privacy.secagg.messages import ForwardedShares, NeighbourKeys, UnmaskRequest
@@ -133,6 +134,7 @@ class RoundParticipant:
         layout: str = "",
         randomness: Randomness = DEFAULT_RANDOMNESS,
         keep_inputs: bool = False,
+        floor: PrivacyFloor = DEFAULT_FLOOR,
     ) -> None:
         self.region = region
         self.cohort = cohort
@@ -141,6 +143,8 @@ class RoundParticipant:
         self.layout = layout
         self.randomness = randomness
         self.keep_inputs = keep_inputs
+        self.floor = floor
+        self.refused: dict[str, str] = {}  # round_id -> why this device stayed out
         self._tokens: set[str] = set()
         self._active: dict[str, _Active] = {}
         self.kept: dict[str, KeptInput] = {}
@@ -197,6 +201,12 @@ class RoundParticipant:
         if not mine:
             return False
         self._tokens.discard(mine[0])
+        try:
+            check_round(announce, self.floor)  # the device's own check of the privacy promise
+        except RemoteProtocolError as exc:
+            self.refused[announce.round_id] = exc.reason
+            log.warning("round %s refused by the device: %s", announce.round_id, exc)
+            return False
         cid = announce.participants.index(mine[0])
         plan = announce.plan()
         try:

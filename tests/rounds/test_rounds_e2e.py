@@ -21,6 +21,7 @@ from ingestion.round_open import RoundSpec
 from ingestion.round_service import RoundService
 from ingestion.rounds_db import round_releases, rounds
 from privacy.ledger import Budget
+from privacy.round_check import PrivacyFloor
 from privacy.round_wire import RoundOpen
 from privacy.wire import ReleasedAggregate
 from tests.ingestion.helpers import read_all
@@ -142,7 +143,13 @@ def test_round_without_noise_is_exact_and_never_published(
     with (
         RoundService(settings, "eu", budget=BUDGET, clock=clock, allow_unnoised=True) as svc,
         DeviceFleet(
-            settings.policy, "eu", devices, contribution(3, DIM, 2.0), tmp_path, drop=drop
+            settings.policy,
+            "eu",
+            devices,
+            contribution(3, DIM, 2.0),
+            tmp_path,
+            drop=drop,
+            floor=PrivacyFloor(allow_unnoised=True),  # a test round without DP, by consent
         ) as fleet,  # fmt: skip
     ):
         fleet.checkin()

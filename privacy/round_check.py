@@ -1,0 +1,71 @@
+"""A device's own check of a round's privacy promise, before it contributes anything.
+
+The coordinator announces ε, δ and the noise each device must add. A device does not take
+that on trust: it recomputes, from the announced quantization (clip, scale, dim) and noise
+(per-client variance, minimum survivors), the noise multiplier the released sum will carry,
+asks the same accountant what ε that buys, and refuses a round whose announced ε is lower
+than the truth, whose ε or δ exceed the device's own ceiling, that adds no noise at all, or
+whose cohort is too small. A refusing device simply does not join: the server sees a dropout.
+
+What it cannot check alone: that at least ``min_clients`` inputs really are summed (the server
+enforces it, and SecAgg+ aborts below its threshold); see docs/threat-model.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from privacy import accountant, dp, quantize
+from privacy.errors import RemoteProtocolError
+from privacy.round_wire import RoundOpen
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyFloor:
+    """What a device accepts. ``allow_unnoised`` exists for test deployments only."""
+
+    max_epsilon: float = 8.0  # per round
+    max_delta: float = 1e-5  # per round
+    min_participants: int = 3
+    allow_unnoised: bool = False
+    rel_tolerance: float = 1e-3
+
+
+DEFAULT_FLOOR = PrivacyFloor()
+
+
+def check_round(announce: RoundOpen, floor: PrivacyFloor | None = None) -> float:
+    """Raise :class:`RemoteProtocolError` unless the round keeps its promise; returns the ε
+    the device computed for it."""
+    floor = floor or DEFAULT_FLOOR
+    p = announce.params
+    if p.n < floor.min_participants:
+        raise RemoteProtocolError(
+            "round_too_small", f"{p.n} participants < {floor.min_participants}"
+        )
+    noise = announce.noise
+    if noise.client_variance <= 0 or announce.epsilon <= 0:
+        if floor.allow_unnoised:
+            return 0.0
+        raise RemoteProtocolError("no_dp_noise", "the round adds no DP noise")
+    if announce.epsilon > floor.max_epsilon or announce.delta > floor.max_delta:
+        raise RemoteProtocolError(
+            "budget_too_high",
+            f"round asks ε={announce.epsilon:.3g}, δ={announce.delta:.3g}; device allows "
+            f"ε≤{floor.max_epsilon:.3g}, δ≤{floor.max_delta:.3g}",
+        )
+    if noise.min_clients > p.n:
+        raise RemoteProtocolError("noise_overclaimed", f"min_clients {noise.min_clients} > n {p.n}")
+    quant = quantize.QuantConfig(dim=p.dim, clip=announce.clip, scale=announce.scale, bits=p.bits)
+    z = dp.effective_multiplier(
+        quant.l2_sensitivity, noise.client_variance, noise.min_clients, p.dim
+    )
+    if z <= 0:
+        raise RemoteProtocolError("no_dp_noise", "recomputed noise multiplier is 0")
+    true_eps = accountant.epsilon([z], announce.delta)
+    if true_eps > announce.epsilon * (1 + floor.rel_tolerance) + 1e-9:
+        raise RemoteProtocolError(
+            "epsilon_understated",
+            f"announced ε={announce.epsilon:.4g} but the announced noise gives ε={true_eps:.4g}",
+        )
+    return true_eps
