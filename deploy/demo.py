@@ -126,6 +126,7 @@ def run_demo(
     }  # fmt: skip
     t0 = time.perf_counter()
     loops: list[Any] = []
+    closed: set[int] = set()
     try:
         with broker(home / "kafka", bootstrap) as boot:
             console.print(f"Kafka: {boot}")
@@ -178,21 +179,30 @@ def run_demo(
                     report["elapsed_s"] = round(time.perf_counter() - t0, 2)
                     write_report(report, out_dir)
 
-                run_rounds(loops, cfg, on_round)
+                try:
+                    run_rounds(loops, cfg, on_round)
+                finally:
+                    _close(loops, closed)  # while the broker is still up
             console.print(_loop_table(report["loop"]["summary"]))
         report["status"] = "complete"
     except KeyboardInterrupt:
         report["status"] = "interrupted"
         console.print("[yellow]interrupted: writing a partial report[/yellow]")
     finally:
-        for loop in loops:
-            loop.__exit__(None, None, None)
+        _close(loops, closed)
         report["elapsed_s"] = round(time.perf_counter() - t0, 2)
         page = write_report(report, out_dir)
         console.print(
             f"report: {page} (numbers in {out_dir / 'report.json'}) in {report['elapsed_s']} s"
         )
     return report
+
+
+def _close(loops: list[Any], closed: set[int]) -> None:
+    for loop in loops:
+        if id(loop) not in closed:
+            closed.add(id(loop))
+            loop.__exit__(None, None, None)
 
 
 def _fill_loop(report: dict[str, Any], loops: list[Any], rounds_done: int) -> None:

@@ -109,3 +109,34 @@ def test_full_loop_demo_report(tmp_path: Path, kafka_bootstrap: str) -> None:
         assert evs and all(e["cohort"] == f"{region}-c0" for e in evs)
     # ε per round is what the accountant says for the round's noise (composition is sublinear)
     assert accountant.epsilon([accountant.calibrate(2.0, 1e-6)], 1e-6) <= 2.0 + 1e-3
+
+
+def test_ctrl_c_leaves_a_partial_report(tmp_path: Path, kafka_bootstrap: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {
+        **os.environ,
+        "SOTTO_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "SOTTO_HOME": str(tmp_path / "h"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy", "demo", "--rounds", "8", "--devices", "8", "--cohorts", "1",
+         "--out", str(tmp_path / "r")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    report = tmp_path / "r" / "report.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if report.exists() and '"rounds_done"' in report.read_text():
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    saved = json.loads(report.read_text())
+    assert saved["status"] == "interrupted"
+    assert 1 <= saved["summary"]["rounds_done"] < 8
+    assert (tmp_path / "r" / "index.html").is_file()
