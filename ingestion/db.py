@@ -142,27 +142,26 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
-def alembic_config(url: str):  # type: ignore[no-untyped-def]
+def alembic_config(url: str, migrations_dir: Path = MIGRATIONS_DIR):  # type: ignore[no-untyped-def]
     """An Alembic config that finds the migrations by path, so it works from an installed
-    package as well as from a checkout (no alembic.ini needed)."""
+    package as well as from a checkout (no alembic.ini needed). Each schema owner (ingestion,
+    learner) passes its own folder; their env.py files keep separate version tables."""
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
-def migrate(url: str, engine: Engine | None = None) -> None:
-    """Upgrade the database at ``url`` to the newest schema (idempotent)."""
+def migrate(url: str, engine: Engine | None = None, migrations_dir: Path = MIGRATIONS_DIR) -> None:
+    """Upgrade the database at ``url`` to the newest schema of ``migrations_dir`` (idempotent)."""
     from alembic import command
 
-    cfg = alembic_config(url)
-    if engine is not None:
-        with engine.connect() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-    else:
+    cfg = alembic_config(url, migrations_dir)
+    engine = engine or make_engine(url)
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
 

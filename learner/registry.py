@@ -47,6 +47,7 @@ from sqlalchemy import (
     select,
 )
 
+from ingestion import db
 from ingestion.db import make_engine, reading
 
 VERSION_TABLE = "learner_alembic_version"
@@ -169,23 +170,12 @@ adapter_outbox = Table(
 
 def alembic_config(url: str):  # type: ignore[no-untyped-def]
     """Alembic config for the learner's migrations, found by path (no alembic.ini)."""
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
+    return db.alembic_config(url, MIGRATIONS_DIR)
 
 
 def migrate(url: str, engine: Engine | None = None) -> None:
     """Upgrade the learner's tables at ``url`` to head (idempotent; ingestion's untouched)."""
-    from alembic import command
-
-    cfg = alembic_config(url)
-    engine = engine or make_engine(url)
-    with engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    db.migrate(url, engine, MIGRATIONS_DIR)
 
 
 def open_registry(url: str) -> Engine:
