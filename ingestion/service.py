@@ -17,26 +17,21 @@ Bad input never raises: it becomes a dead letter and an audit row. Infrastructur
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from types import FrameType, TracebackType
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from kafka import (
-    ConsumerRebalanceListener,
     KafkaConsumer,
     KafkaProducer,
     TopicPartition,
 )
-from sqlalchemy import Engine, select
 
 from deploy.settings import SottoSettings
 from ingestion.checkpoint import Checkpoint
-from ingestion.db import consumer_offsets, open_database, reading
+from ingestion.db import consumer_offsets, open_database
+from ingestion.durable_app import DurableConsumerApp, SeekFromDatabase
 from ingestion.keyring import KeyWatcher
 from ingestion.processor import build_checkpoint
 from ingestion.stats import IngestStats
@@ -55,30 +50,15 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
-class _SeekFromDatabase(ConsumerRebalanceListener):
-    """On assignment, resume each partition where the database says, not where Kafka says."""
-
-    def __init__(self, app: IngestionApp) -> None:
-        self._app = app
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        # Batches are checkpointed before the next poll, so nothing is in flight here.
-        log.info("partitions_revoked", region=self._app.region, partitions=_names(revoked))
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self._app.seek_to_durable(assigned)
-
-
-def _names(tps: Any) -> list[str]:
-    return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
-
-
-class IngestionApp:
+class IngestionApp(DurableConsumerApp):
     """Consume ``region``'s ingest topic (plus ``extra_topics``) into the region database.
 
     ``extra_topics`` exists to prove the topic check: records from any topic that is not the
     region's ingest topic are dead-lettered as ``topic_region_mismatch``.
     """
+
+    name = "ingestion"
+    _offsets_table = consumer_offsets
 
     def __init__(
         self,
@@ -90,6 +70,7 @@ class IngestionApp:
         consumer_config: dict[str, Any] | None = None,
         create_topics: bool = True,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.region = region
         self.config = settings.policy.region(region)
@@ -98,12 +79,8 @@ class IngestionApp:
         self.stats = IngestStats()
         self._consumer_config = {**CONSUMER_DEFAULTS, **(consumer_config or {})}
         self._create_topics = create_topics
-        self._stop = threading.Event()
         self._keys = KeyWatcher(settings.policy, region)
         self._validator = self._new_validator()
-        self._engine: Engine | None = None
-        self._producer: KafkaProducer | None = None
-        self._consumer: KafkaConsumer | None = None
         self._log = log.bind(region=region, group=self.group_id)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -129,72 +106,15 @@ class IngestionApp:
             client_id=f"sotto-ingest-{self.region}",
             **config,
         )
-        self._consumer.subscribe(self.topics, listener=_SeekFromDatabase(self))
+        self._consumer.subscribe(self.topics, listener=SeekFromDatabase(self))
         self._log.info("ingestion_started", topics=self.topics)
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                self._consumer.close(autocommit=False)
-            self._consumer = None
-        if self._producer is not None:
-            with contextlib.suppress(Exception):
-                self._producer.close(timeout=10)
-            self._producer = None
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-        self._log.info("ingestion_stopped", **self.stats.as_dict())
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            raise RuntimeError("IngestionApp is not started; use it as a context manager")
-        return self._engine
-
-    def stop(self) -> None:
-        """Ask the loop to finish its current batch, checkpoint it and return."""
-        self._stop.set()
 
     def ensure_topics(self) -> None:
         """Create the region's topics that do not exist yet (partitions from the policy)."""
         missing = ensure_region_topics(self.config)
         if missing:
             self._log.info("topics_created", topics=missing)
-
-    # -- offsets --------------------------------------------------------------------------
-    def durable_offsets(self) -> dict[tuple[str, int], int]:
-        """Next offsets stored in the database for this group (the source of truth)."""
-        c = consumer_offsets.c
-        stmt = select(c.topic, c.partition, c.next_offset).where(c.group_id == self.group_id)
-        with reading(self.engine) as conn:
-            return {(r.topic, r.partition): int(r.next_offset) for r in conn.execute(stmt)}
-
-    def seek_to_durable(self, partitions: Any) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        stored = self.durable_offsets()
-        for tp in partitions:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, offset)
-        self._log.info(
-            "partitions_assigned",
-            partitions={f"{tp.topic}[{tp.partition}]": stored.get((tp.topic, tp.partition), 0)
-                        for tp in partitions},
-        )  # fmt: skip
 
     # -- the loop -------------------------------------------------------------------------
     def _new_validator(self) -> Validator:
@@ -249,63 +169,3 @@ class IngestionApp:
             )  # fmt: skip
         self.stats.last_commit_at = time.perf_counter()
         self._log.debug("checkpoint", accepted=len(cp.accepted), rejected=len(cp.dead_letters))
-
-    def _assigned(self) -> bool:
-        return self._consumer is not None and bool(self._consumer.assignment())
-
-    def caught_up(self) -> bool:
-        """True once partitions are assigned and every position has reached the log end."""
-        consumer = self._consumer
-        if consumer is None:
-            return False
-        assigned = consumer.assignment()
-        if not assigned:
-            return False
-        ends = consumer.end_offsets(list(assigned))
-        return all(consumer.position(tp) >= ends[tp] for tp in assigned)
-
-    def process_available(self, timeout_s: float = 60.0) -> int:
-        """Consume until caught up with the log end (or ``timeout_s``); for tests and benches."""
-        deadline = time.monotonic() + timeout_s
-        handled = 0
-        while time.monotonic() < deadline:
-            n = self.poll_once(timeout_ms=200)
-            handled += n
-            if n == 0 and self.caught_up():
-                break
-        return handled
-
-    def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> IngestStats:
-        """Run until ``stop_event``/``stop()``/SIGTERM/SIGINT, or ``max_idle_s`` without records.
-
-        A signal only sets a flag: the batch in hand is checkpointed before the loop returns.
-        """
-        stop = stop_event or self._stop
-        with self._signals(stop):
-            idle_since = time.monotonic()
-            while not stop.is_set() and not self._stop.is_set():
-                if self.poll_once() > 0 or not self._assigned():
-                    # idle means "assigned and nothing to read": a rebalance that waits for a
-                    # killed member's session to expire is not idleness
-                    idle_since = time.monotonic()
-                elif max_idle_s is not None and time.monotonic() - idle_since >= max_idle_s:
-                    break
-        return self.stats
-
-    @contextlib.contextmanager
-    def _signals(self, stop: threading.Event) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def _handler(signum: int, _frame: FrameType | None) -> None:
-            self._log.info("stopping", signal=signal.Signals(signum).name)
-            stop.set()
-            self._stop.set()
-
-        previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)

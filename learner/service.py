@@ -18,24 +18,20 @@ the durable offsets and retries.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import FrameType, TracebackType
 from typing import Any
 
 import structlog
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from deploy import keystore
 from deploy.settings import SottoSettings
 from ingestion.db import reading
+from ingestion.durable_app import DurableConsumerApp, SeekFromDatabase
 from learner import adapter_topic
 from learner.artifacts import Signer
 from learner.base_bundle import base_model_bundle
@@ -79,23 +75,11 @@ class LearnerStats:
         }  # fmt: skip
 
 
-class _SeekFromDatabase(ConsumerRebalanceListener):
-    """On assignment resume where the database says; forget cached learners (another
-    instance may have advanced their cohorts while we did not own the partitions)."""
-
-    def __init__(self, app: LearnerApp) -> None:
-        self._app = app
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        log.info("partitions_revoked", region=self._app.region, n=len(revoked))
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self._app.cache.drop()
-        self._app.seek_to_durable(assigned)
-
-
-class LearnerApp:
+class LearnerApp(DurableConsumerApp):
     """Learn from ``region``'s released aggregates; publish signed adapters and plans."""
+
+    name = "learner"
+    _offsets_table = learner_offsets
 
     def __init__(
         self,
@@ -107,6 +91,7 @@ class LearnerApp:
         consumer_config: dict[str, Any] | None = None,
         create_topics: bool = True,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.region = region
         self.config = settings.policy.region(region)
@@ -119,10 +104,6 @@ class LearnerApp:
             **CONSUMER_DEFAULTS, **settings.learner.consumer_config(), **(consumer_config or {})
         }
         self._create_topics = create_topics
-        self._stop = threading.Event()
-        self._engine: Engine | None = None
-        self._producer: KafkaProducer | None = None
-        self._consumer: KafkaConsumer | None = None
         self._signer: Signer | None = None
         self._cache: LearnerCache | None = None
         self._log = log.bind(region=region, group=self.group_id)
@@ -154,69 +135,15 @@ class LearnerApp:
             client_id=f"sotto-learn-{self.region}",
             **self._consumer_config,
         )
-        self._consumer.subscribe([self.topic], listener=_SeekFromDatabase(self))
+        self._consumer.subscribe([self.topic], listener=SeekFromDatabase(self))
         self._log.info("learner_started", topic=self.topic, adapters=self.adapters_topic,
                        base_model=bundle.sha256[:12], outbox_recovered=recovered)  # fmt: skip
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                self._consumer.close(autocommit=False)
-            self._consumer = None
-        if self._producer is not None:
-            with contextlib.suppress(Exception):
-                self._producer.close(timeout=10)
-            self._producer = None
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-        self._log.info("learner_stopped", **self.stats.as_dict())
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            raise RuntimeError("LearnerApp is not started; use it as a context manager")
-        return self._engine
 
     @property
     def cache(self) -> LearnerCache:
         if self._cache is None:
             raise RuntimeError("LearnerApp is not started; use it as a context manager")
         return self._cache
-
-    def stop(self) -> None:
-        """Ask the loop to finish the record in hand, checkpoint it and return."""
-        self._stop.set()
-
-    # -- offsets --------------------------------------------------------------------------
-    def durable_offsets(self) -> dict[tuple[str, int], int]:
-        c = learner_offsets.c
-        stmt = select(c.topic, c.partition, c.next_offset).where(c.group_id == self.group_id)
-        with reading(self.engine) as conn:
-            return {(r.topic, r.partition): int(r.next_offset) for r in conn.execute(stmt)}
-
-    def seek_to_durable(self, partitions: Any) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        stored = self.durable_offsets()
-        for tp in partitions:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, offset)
-        self._log.info("partitions_assigned",
-                       partitions={f"{tp.topic}[{tp.partition}]": stored.get((tp.topic, tp.partition), 0)
-                                   for tp in partitions})  # fmt: skip
 
     # -- the loop -------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 500) -> int:
@@ -352,64 +279,10 @@ class LearnerApp:
         except Exception as exc:  # lag mirror only; the database already has the truth
             self._log.debug("kafka_offset_commit_failed", error=exc.__class__.__name__)
 
-    def caught_up(self) -> bool:
-        """True once partitions are assigned and every position has reached the log end."""
-        consumer = self._consumer
-        if consumer is None or not consumer.assignment():
-            return False
-        assigned = consumer.assignment()
-        ends = consumer.end_offsets(list(assigned))
-        return all(consumer.position(tp) >= ends[tp] for tp in assigned)
+    def on_assigned(self) -> None:
+        # another instance may have advanced these cohorts while we did not own the partitions
+        self.cache.drop()
 
-    def process_available(self, timeout_s: float = 60.0) -> int:
-        """Consume until caught up with the log end (or ``timeout_s``); for tests."""
-        deadline = time.monotonic() + timeout_s
-        handled = 0
-        while time.monotonic() < deadline:
-            n = self.poll_once(timeout_ms=200)
-            handled += n
-            if n == 0 and self.caught_up():
-                break
+    def on_idle(self) -> None:
         if adapter_topic.pending_count(self.engine, self.region):
-            self.publish_outbox()
-        return handled
-
-    def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> LearnerStats:
-        """Run until ``stop_event``/``stop()``/SIGTERM/SIGINT, or ``max_idle_s`` without records.
-
-        A signal only sets a flag: the record in hand is checkpointed before the loop returns.
-        Pending outbox rows (a publish that failed earlier) are retried while idle.
-        """
-        stop = stop_event or self._stop
-        with self._signals(stop):
-            idle_since = time.monotonic()
-            while not stop.is_set() and not self._stop.is_set():
-                if self.poll_once() > 0 or not self._consumer_assigned():
-                    idle_since = time.monotonic()
-                    continue
-                if self.stats.publish_failures and adapter_topic.pending_count(self.engine, self.region):
-                    self.publish_outbox()
-                if max_idle_s is not None and time.monotonic() - idle_since >= max_idle_s:
-                    break
-        return self.stats
-
-    def _consumer_assigned(self) -> bool:
-        return self._consumer is not None and bool(self._consumer.assignment())
-
-    @contextlib.contextmanager
-    def _signals(self, stop: threading.Event) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def _handler(signum: int, _frame: FrameType | None) -> None:
-            self._log.info("stopping", signal=signal.Signals(signum).name)
-            stop.set()
-            self._stop.set()
-
-        previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+            self.publish_outbox()  # a publish that failed earlier

@@ -1,0 +1,188 @@
+"""What every Sotto consumer service shares: offsets live in the database, not in Kafka.
+
+:class:`IngestionApp` and :class:`learner.service.LearnerApp` differ in what one batch does;
+they agree on everything around it, which lives here once:
+
+- on (re)assignment each partition resumes at the next offset stored in the service's own
+  offsets table (written in the same transaction as the results), or at the beginning;
+- ``run`` loops until a stop event, ``stop()``, SIGTERM/SIGINT (which only set a flag, so the
+  batch in hand is checkpointed first) or ``max_idle_s`` of assigned-but-nothing-to-read;
+- ``close`` releases consumer, producer and engine, whatever state they are in.
+
+Subclasses set ``_consumer``, ``_producer``, ``_engine``, ``_log``, ``stats``, ``group_id``
+and ``_offsets_table``, and implement :meth:`poll_once`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType, TracebackType
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from sqlalchemy import Engine, Table, select
+
+from ingestion.db import reading
+
+
+class SeekFromDatabase(ConsumerRebalanceListener):
+    """On assignment, resume each partition where the database says, not where Kafka says."""
+
+    def __init__(self, app: DurableConsumerApp) -> None:
+        self._app = app
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        # Batches are checkpointed before the next poll, so nothing is in flight here.
+        self._app._log.info("partitions_revoked", n=len(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._app.on_assigned()
+        self._app.seek_to_durable(assigned)
+
+
+class DurableConsumerApp:
+    name = "service"
+    group_id: str
+    stats: Any
+    _log: Any
+    _offsets_table: Table
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._engine: Engine | None = None
+        self._producer: KafkaProducer | None = None
+        self._consumer: KafkaConsumer | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close(autocommit=False)
+            self._consumer = None
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=10)
+            self._producer = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        self._log.info(f"{self.name}_stopped", **self.stats.as_dict())
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError(f"{type(self).__name__} is not started; use it as a context manager")
+        return self._engine
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, checkpoint it and return."""
+        self._stop.set()
+
+    # -- offsets ----------------------------------------------------------------------------
+    def durable_offsets(self) -> dict[tuple[str, int], int]:
+        c = self._offsets_table.c
+        stmt = select(c.topic, c.partition, c.next_offset).where(c.group_id == self.group_id)
+        with reading(self.engine) as conn:
+            return {(r.topic, r.partition): int(r.next_offset) for r in conn.execute(stmt)}
+
+    def on_assigned(self) -> None:
+        """Hook: drop anything cached about partitions we may not have owned meanwhile."""
+
+    def seek_to_durable(self, partitions: Any) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        stored = self.durable_offsets()
+        for tp in partitions:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+        self._log.info(
+            "partitions_assigned",
+            partitions={f"{tp.topic}[{tp.partition}]": stored.get((tp.topic, tp.partition), 0)
+                        for tp in partitions},
+        )  # fmt: skip
+
+    # -- the loop ---------------------------------------------------------------------------
+    def poll_once(self, timeout_ms: int | None = None) -> int:
+        raise NotImplementedError
+
+    def on_idle(self) -> None:
+        """Hook: work to retry while there is nothing to read."""
+
+    def _assigned(self) -> bool:
+        return self._consumer is not None and bool(self._consumer.assignment())
+
+    def caught_up(self) -> bool:
+        """True once partitions are assigned and every position has reached the log end."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        assigned = consumer.assignment()
+        if not assigned:
+            return False
+        ends = consumer.end_offsets(list(assigned))
+        return all(consumer.position(tp) >= ends[tp] for tp in assigned)
+
+    def process_available(self, timeout_s: float = 60.0) -> int:
+        """Consume until caught up with the log end (or ``timeout_s``); for tests and benches."""
+        deadline = time.monotonic() + timeout_s
+        handled = 0
+        while time.monotonic() < deadline:
+            n = self.poll_once(timeout_ms=200)
+            handled += n
+            if n == 0 and self.caught_up():
+                break
+        self.on_idle()
+        return handled
+
+    def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> Any:
+        """Run until ``stop_event``/``stop()``/SIGTERM/SIGINT, or ``max_idle_s`` without records.
+
+        A signal only sets a flag: the batch in hand is checkpointed before the loop returns.
+        """
+        stop = stop_event or self._stop
+        with self._signals(stop):
+            idle_since = time.monotonic()
+            while not stop.is_set() and not self._stop.is_set():
+                if self.poll_once() > 0 or not self._assigned():
+                    # idle means "assigned and nothing to read": a rebalance that waits for a
+                    # killed member's session to expire is not idleness
+                    idle_since = time.monotonic()
+                    continue
+                self.on_idle()
+                if max_idle_s is not None and time.monotonic() - idle_since >= max_idle_s:
+                    break
+        return self.stats
+
+    @contextlib.contextmanager
+    def _signals(self, stop: threading.Event) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def _handler(signum: int, _frame: FrameType | None) -> None:
+            self._log.info("stopping", signal=signal.Signals(signum).name)
+            stop.set()
+            self._stop.set()
+
+        previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
