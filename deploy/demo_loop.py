@@ -176,6 +176,7 @@ class RegionLoop:
             layout=LAYOUT_V1.name, dim=LAYOUT_V1.dim, clip=LAYOUT_V1.clip,
             epsilon=self.config.epsilon_per_round, delta=self.config.delta,
             stage_timeout_s=self.config.stage_timeout_s, min_participants=3,
+            dropout=self.config.dropout or None,  # size the graph for the flaky share
         )  # fmt: skip
         opened: dict[str, str] = {}
         for c in self.cohorts:

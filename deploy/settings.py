@@ -258,6 +258,15 @@ class RoundsSettings(BaseModel):
             "ones are likely offline and would only drop out.",
         ),
     ] = 3600.0
+    expected_dropout: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            lt=0.5,
+            description="Share of sampled devices expected to vanish mid-round; the SecAgg+ "
+            "neighbour graph is sized so that a round survives it (unset: k = O(log n)).",
+        ),
+    ] = None
 
     def budget(self) -> Budget:
         """The default per-cohort budget, as the ledger wants it."""
@@ -273,6 +282,7 @@ class RoundsSettings(BaseModel):
             "epsilon": self.epsilon, "delta": self.delta, "scale": self.scale,
             "stage_timeout_s": self.stage_timeout_s, "min_participants": self.min_participants,
             "max_clients": self.max_clients, "checkin_ttl_s": self.checkin_ttl_s,
+            "dropout": self.expected_dropout,
         }  # fmt: skip
         return RoundSpec(layout=layout, dim=dim, clip=clip, **{**fields, **overrides})
 

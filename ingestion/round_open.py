@@ -57,6 +57,7 @@ class RoundSpec:
     k: int | None = None
     t: int | None = None
     bits: int | None = None
+    dropout: float | None = None  # expected share of vanishing devices: sizes the graph
     stage_timeout_s: float = 30.0
     checkin_ttl_s: float = 3600.0
 
@@ -119,6 +120,7 @@ def plan(round_id: str, n: int, spec: RoundSpec, max_envelope_bytes: int) -> Rou
     p = plan_round(
         round_id, n=n, dim=spec.dim, clip=spec.clip, scale=spec.scale, epsilon=spec.epsilon,
         delta=spec.delta, k=spec.k, t=spec.t, min_clients=spec.min_clients, bits=spec.bits,
+        dropout=spec.dropout,
     )  # fmt: skip
     size = envelope_bytes_estimate(spec.dim, p.params.bits)
     if size > max_envelope_bytes:

@@ -54,9 +54,11 @@ def plan_round(
     t: int | None = None,
     min_clients: int | None = None,
     bits: int | None = None,
+    dropout: float | None = None,
 ) -> RoundPlan:
-    """Plan and validate a round. ``epsilon=None`` means no DP noise (tests only)."""
-    base = RoundParams.recommended(round_id, n, dim, bits or 2, k=k)
+    """Plan and validate a round. ``epsilon=None`` means no DP noise (tests only).
+    ``dropout``: the expected share of clients that vanish; sizes the neighbour graph."""
+    base = RoundParams.recommended(round_id, n, dim, bits or 2, k=k, dropout=dropout)
     t = t or base.t
     min_clients = min_clients or max(t, base.min_clients)
     q0 = quantize.QuantConfig(dim=dim, clip=clip, scale=scale, bits=bits or quantize.MAX_BITS)

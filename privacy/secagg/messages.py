@@ -13,6 +13,7 @@ server to receive.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 import numpy as np
@@ -74,15 +75,53 @@ class RoundParams(Frozen):
 
     @classmethod
     def recommended(
-        cls, round_id: str, n: int, dim: int, bits: int, *, k: int | None = None, **kw: int
+        cls,
+        round_id: str,
+        n: int,
+        dim: int,
+        bits: int,
+        *,
+        k: int | None = None,
+        dropout: float | None = None,
+        **kw: int,
     ) -> RoundParams:
-        """Defaults: ``k = min(n-1, 2*ceil(3*log2(n)/2))`` (O(log n), even), ``t = k//2 + 1``."""
+        """Defaults: ``k = min(n-1, 2*ceil(3*log2(n)/2))`` (O(log n), even), ``t = k//2 + 1``.
+
+        With ``dropout`` (the share of clients expected to vanish), ``k`` grows until the
+        chance that some client keeps fewer than ``t`` surviving neighbours is below
+        :data:`ABORT_RISK` (see :func:`degree_for_dropout`)."""
         if k is None:
             k = n - 1 if n <= 32 else 2 * int(np.ceil(1.5 * np.log2(n)))
+            if dropout is not None:
+                k = max(k, degree_for_dropout(n, dropout))
             k = min(k, n - 1)
         t = kw.pop("t", k // 2 + 1)
         min_clients = kw.pop("min_clients", max(t, int(np.ceil(0.5 * n))))
         return cls(round_id=round_id, n=n, k=k, t=t, min_clients=min_clients, dim=dim, bits=bits)
+
+
+ABORT_RISK = 1e-6
+
+
+def _below_threshold(k: int, survive: float) -> float:
+    """P(Binomial(k, survive) < k//2 + 1): one client's neighbourhood falls below t."""
+    t = k // 2 + 1
+    return sum(math.comb(k, i) * survive**i * (1 - survive) ** (k - i) for i in range(t))
+
+
+def degree_for_dropout(n: int, dropout: float, risk: float = ABORT_RISK) -> int:
+    """The smallest even k whose union bound ``n * P(neighbourhood < t)`` is at most ``risk``.
+
+    Why: with k = O(log n) and t = k/2 + 1 (needed so that no server learns both a client's
+    seed and key shares), a dropout rate near 30 % makes some neighbourhood fall below t and
+    the whole round abort. Bell et al. size k from the expected dropout; so do we.
+    """
+    if not 0 <= dropout < 0.5:
+        raise ValueError("dropout must be in [0, 0.5): t > k/2 survivors are needed")
+    k = 2
+    while k < n - 1 and n * _below_threshold(k, 1 - dropout) > risk:
+        k += 2
+    return min(k, n - 1)
 
 
 class AdvertiseKeys(Msg):
