@@ -90,6 +90,19 @@ class DurableConsumerApp:
         """Ask the loop to finish the batch in hand, checkpoint it and return."""
         self._stop.set()
 
+    def _await_topics(self, topics: list[str], timeout_s: float = 30.0) -> None:
+        """Wait until the consumer sees every topic's partitions before joining the group.
+
+        Why: a group joined while a just-created topic has no metadata yet is assigned
+        nothing, and kafka-python may then sit in a rebalance that never completes."""
+        assert self._consumer is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self._consumer.partitions_for_topic(t) for t in topics):
+                return
+            time.sleep(0.1)
+        self._log.warning("topics_without_metadata", topics=topics)
+
     # -- offsets ----------------------------------------------------------------------------
     def durable_offsets(self) -> dict[tuple[str, int], int]:
         c = self._offsets_table.c

@@ -106,6 +106,7 @@ class IngestionApp(DurableConsumerApp):
             client_id=f"sotto-ingest-{self.region}",
             **config,
         )
+        self._await_topics(self.topics)
         self._consumer.subscribe(self.topics, listener=SeekFromDatabase(self))
         self._log.info("ingestion_started", topics=self.topics)
         return self

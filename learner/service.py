@@ -135,6 +135,7 @@ class LearnerApp(DurableConsumerApp):
             client_id=f"sotto-learn-{self.region}",
             **self._consumer_config,
         )
+        self._await_topics([self.topic])
         self._consumer.subscribe([self.topic], listener=SeekFromDatabase(self))
         self._log.info("learner_started", topic=self.topic, adapters=self.adapters_topic,
                        base_model=bundle.sha256[:12], outbox_recovered=recovered)  # fmt: skip
