@@ -53,7 +53,7 @@ class LoopConfig:
     budget_epsilon: float = 8.0
     budget_delta: float = 1e-5
     dropout: float = 0.1  # share of devices that vanish after sending their masked input
-    stage_timeout_s: float = 2.0
+    stage_timeout_s: float = 3.0
     round_timeout_s: float = 120.0
 
 
@@ -144,7 +144,9 @@ class RegionLoop:
         )
 
     def _take_feed(self) -> None:
-        for item in self.feed.poll(timeout_ms=300):
+        # everything the learner published so far: a device must hold the adapters the
+        # next plan names before it can evaluate them
+        for item in self.feed.poll_all(timeout_s=15):
             cohort = getattr(item, "cohort", None) or getattr(
                 getattr(item, "manifest", None), "cohort", None
             )
@@ -169,6 +171,10 @@ class RegionLoop:
     def open(self, r: int) -> dict[str, str]:
         """Check in, open a round per cohort; returns ``cohort -> round_id``."""
         self.current_round = r
+        for device_id in self.devices:
+            # simulate this round's steps now: the simulator's cost must not eat into the
+            # SecAgg+ stage deadlines (real devices have their steps already)
+            self.cache.train(device_id, r)
         self._take_feed()
         self.fleet.checkin()
         self.svc.app.process_available(timeout_s=30)  # the check-ins must be stored to be sampled
@@ -209,12 +215,14 @@ class RegionLoop:
             )
             plan = self.plans[c]
             cand = plan.canary_version or plan.shadow_version
+            # the cohort's live adapter is the plan's (the reference device may be a canary)
+            live = plan.live_version or 0
             rec = RoundRecord(
                 round=r, region=self.region, cohort=c, status=status,
-                epsilon_spent=spent.get(c, 0.0), live_version=self.refs[c].live_version,
+                epsilon_spent=spent.get(c, 0.0), live_version=live,
                 candidate_version=cand,
                 hit1_base=self._hit1(held, None),
-                hit1_live=self._hit1(held, self.weights[c].get(self.refs[c].live_version)),
+                hit1_live=self._hit1(held, self.weights[c].get(live)),
                 hit1_candidate=self._hit1(held, self.weights[c].get(cand)) if cand else None,
             )  # fmt: skip
             rel = _release_row(self.svc.app.engine, self.region, c, opened[c])
