@@ -170,3 +170,35 @@ def open_database(url: str) -> Engine:
     engine = make_engine(url)
     migrate(url, engine)
     return engine
+
+
+def run_alembic_env(target: MetaData, version_table: str = "alembic_version") -> None:
+    """The body of every schema owner's Alembic ``env.py``: online migrations only, on the
+    connection :func:`migrate` hands in, or on an engine built from ``sqlalchemy.url``.
+    Each owner keeps its own ``version_table`` so several can share one region database."""
+    from alembic import context
+
+    if context.is_offline_mode():
+        raise SystemExit("offline (SQL script) migrations are not supported; run them online")
+    config = context.config
+
+    def run(connection) -> None:  # type: ignore[no-untyped-def]
+        context.configure(
+            connection=connection,
+            target_metadata=target,
+            version_table=version_table,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+        return
+    engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
+    try:
+        with engine.connect() as conn:
+            run(conn)
+    finally:
+        engine.dispose()
