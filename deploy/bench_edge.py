@@ -24,19 +24,20 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from deploy.simulation.base_model import build_base_model
+from deploy.simulation.population import Population
 from edge_client.contribution import Trunk, build_contribution
 from edge_client.runtime import DeviceModel
-from learner.actions import RoundPlan
-from learner.adapter_format import adapter_to_bytes
-from learner.contribution import LAYOUT_V1
-from learner.dataset import StepArrays
 from learner.finetune import fit_lora
-from learner.model import build_base_model, export_onnx, model_sha256
+from learner.model import export_onnx, model_sha256
 from learner.publish import ship_lora
 from learner.quantize_model import quantization_report
-from learner.simulator import Population
 from privacy import prg
+from privacy.adapter_file import adapter_to_bytes
+from privacy.adapter_plan import AdapterPlan
+from privacy.contribution import LAYOUT_V1
 from privacy.envelope import seal
+from privacy.features import StepArrays
 from privacy.keys import KeyEntry, KeyStatus, PrivateKey
 from privacy.rand import SystemRandomness
 from privacy.round import client_input, plan_round
@@ -86,7 +87,7 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
         lat.append((time.perf_counter() - t0) * 1e6)
 
     # One round's client work, at a realistic neighbour count (k=30 ~ a 1,000-device round).
-    plan = RoundPlan(cohort="cn-c0", live_version=2, shadow_version=3, previous_version=1)
+    plan = AdapterPlan(cohort="cn-c0", live_version=2, shadow_version=3, previous_version=1)
     adapters = {1: lora, 2: lora, 3: lora}
     n = neighbours + 1
     rplan = plan_round(

@@ -80,7 +80,7 @@ def _produce(settings: SottoSettings, n: int, progress: bool) -> list[int]:
     from rich.console import Console
     from rich.progress import Progress
 
-    from deploy import keystore
+    from backend import keystore
     from privacy.envelope import seal
     from privacy.wire import BehaviorCounts, RoundSummary
 
@@ -115,7 +115,7 @@ def _measure_pipeline(settings: SottoSettings, n: int, profile: Path | None) -> 
     from ingestion.service import IngestionApp
 
     profiler = cProfile.Profile() if profile else None
-    with IngestionApp(settings, "eu") as app:
+    with IngestionApp(settings.policy, "eu", settings.ingest) as app:
         t0 = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -177,7 +177,7 @@ def run_ingest_bench(
         settings = _deployment(Path(tmp) / "home", boot, uuid.uuid4().hex[:8])
         from ingestion.service import IngestionApp
 
-        with IngestionApp(settings, "eu", create_topics=True):
+        with IngestionApp(settings.policy, "eu", settings.ingest, create_topics=True):
             pass  # create the topics with the policy's partition count before producing
         t0 = time.perf_counter()
         sizes = _produce(settings, n, progress)

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from deploy.simulation.base_model import build_base_model
+from deploy.simulation.population import EPOCH
 from learner.cohort import CohortLearner, LearnerConfig
-from learner.contribution import LAYOUT_V1
-from learner.model import build_base_model
-from learner.simulator import EPOCH
 from privacy import accountant
+from privacy.contribution import LAYOUT_V1
 from privacy.wire import ReleasedAggregate
 
 DEVICES = 200

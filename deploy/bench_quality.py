@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from deploy.simulation.base_model import build_base_model
+from deploy.simulation.cohort_channel import CohortFleet, StepCache, noise_multiplier_for
+from deploy.simulation.population import Drift, Population
 from edge_client.contribution import Trunk
-from learner.catalog import INTENT_APPS, candidate_id, candidate_index
 from learner.cohort import CohortLearner, LearnerConfig
-from learner.dataset import StepArrays
 from learner.finetune import fit_lora
-from learner.fleet import CohortFleet, StepCache, noise_multiplier_for
-from learner.model import build_base_model
-from learner.simulator import Drift, Population
+from privacy.catalog import INTENT_APPS, candidate_id, candidate_index
+from privacy.features import StepArrays
 
 DELTA = 1e-5
 

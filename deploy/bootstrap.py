@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy import keystore
+from backend import keystore
 from privacy.policy import RegionPolicy
 
 DEFAULT_REGIONS = ("eu", "cn")

@@ -60,7 +60,7 @@ def init(
 @keys_app.command("rotate")
 def keys_rotate(region: Annotated[str, typer.Option()]) -> None:
     """New current key; the previous one keeps decrypting until retired."""
-    from deploy import keystore
+    from backend import keystore
 
     try:
         ks = keystore.rotate(_settings().policy.region(region).keyset_dir, region)
@@ -74,7 +74,7 @@ def keys_retire(
     region: Annotated[str, typer.Option()], key_id: Annotated[str, typer.Option()]
 ) -> None:
     """Stop accepting envelopes sealed to KEY_ID and delete its private key."""
-    from deploy import keystore
+    from backend import keystore
 
     try:
         keystore.retire(_settings().policy.region(region).keyset_dir, key_id)
@@ -86,7 +86,7 @@ def keys_retire(
 @keys_app.command("list")
 def keys_list(region: Annotated[str, typer.Option()]) -> None:
     """Show key ids and their status (never key material beyond the public key)."""
-    from deploy import keystore
+    from backend import keystore
 
     ks = keystore.load_keyset(_settings().policy.region(region).keyset_dir)
     for k in ks.keys:
@@ -170,6 +170,7 @@ def ingest(
     budget_delta: Annotated[
         float | None, typer.Option(help="per-cohort δ budget (default: rounds.budget_delta)")
     ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the final stats as JSON")] = False,
 ) -> None:
     """Run REGION's ingestion service until SIGTERM/SIGINT (or --max-idle-s without records).
 
@@ -178,23 +179,17 @@ def ingest(
     s = _settings()
     metrics_port = s.ingest.metrics_port if metrics_port is None else metrics_port
     if coordinate:
-        from ingestion.round_service import main as round_main
+        from deploy.services import run_round_service
+        from privacy.ledger import Budget
 
         eps = s.rounds.budget_epsilon if budget_epsilon is None else budget_epsilon
         delta = s.rounds.budget_delta if budget_delta is None else budget_delta
-        raise typer.Exit(
-            round_main(
-                ["--region", region, "--budget-epsilon", repr(eps), "--budget-delta", repr(delta)]
-                + (["--metrics-port", str(metrics_port)] if metrics_port is not None else [])
-            )
-        )  # fmt: skip
-    from ingestion.runner import run_region
+        stats = run_round_service(s, region, Budget(epsilon=eps, delta=delta), metrics_port)
+    else:
+        from deploy.services import run_ingest
 
-    try:
-        stats = run_region(s, region, max_idle_s, metrics_port)
-    except SottoError as exc:
-        _fail(exc)
-    console.print(stats.as_dict())
+        stats = run_ingest(s, region, max_idle_s, metrics_port)
+    _emit(stats.as_dict(), json_out)
 
 
 @app.command()
@@ -206,19 +201,28 @@ def learn(
     metrics_port: Annotated[
         int | None, typer.Option(help="serve /metrics and /healthz on this port")
     ] = None,
+    group_id: Annotated[
+        str | None, typer.Option(help="consumer group (default: <learner.group_prefix>-REGION)")
+    ] = None,
+    learner_factory: Annotated[
+        str | None,
+        typer.Option(
+            help="module:callable returning a LearnerFactory (default: the cohort learner)",
+            hidden=True,
+        ),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the final stats as JSON")] = False,
 ) -> None:
     """Run REGION's learner: released aggregates in, signed adapters out (until SIGTERM)."""
-    from learner.runner import run_region
+    from deploy.services import import_factory, run_learn
 
     s = _settings()
-    try:
-        stats = run_region(
-            s, region, max_idle_s, group_id=f"{s.learner.group_prefix}-{region}",
-            metrics_port=s.learner.metrics_port if metrics_port is None else metrics_port,
-        )  # fmt: skip
-    except SottoError as exc:
-        _fail(exc)
-    console.print(stats.as_dict())
+    factory = import_factory(learner_factory) if learner_factory else None
+    stats = run_learn(
+        s, region, max_idle_s, factory, group_id=group_id or f"{s.learner.group_prefix}-{region}",
+        metrics_port=s.learner.metrics_port if metrics_port is None else metrics_port,
+    )  # fmt: skip
+    _emit(stats.as_dict(), json_out)
 
 
 @app.command()
@@ -340,8 +344,8 @@ def bench_ingest(
     ] = None,
 ) -> None:
     """Ingestion pipeline throughput vs a bare Kafka consumer on the same N envelopes."""
+    from backend.observability import configure_logging
     from deploy.bench_ingest import run_ingest_bench
-    from deploy.observability import configure_logging
 
     configure_logging("WARNING")  # stdout carries only the result
     try:

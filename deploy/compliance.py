@@ -26,9 +26,10 @@ from cryptography.exceptions import InvalidSignature
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, MetaData, Table, func, inspect, select
 
+from backend.storage import make_engine, reading
 from deploy.settings import SottoSettings
 from ingestion.audit import verify_chain
-from ingestion.db import audit_log, make_engine, reading
+from ingestion.db import audit_log
 from privacy.errors import SottoError
 from privacy.policy import RegionPolicy
 from privacy.wire import utcnow
@@ -219,8 +220,8 @@ def check_learned_in_region(engine: Engine, region: str) -> Check:
 
 
 def check_adapters(engine: Engine, region: str, keyset_dir: str) -> Check:
-    from deploy.keystore import signing_public_key
-    from learner.shipping import AdapterManifest, signing_message
+    from backend.keystore import signing_public_key
+    from privacy.adapter_manifest import AdapterManifest, signing_message
 
     tbl = _table(engine, "adapter_versions")
     if tbl is None:

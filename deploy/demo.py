@@ -25,10 +25,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from backend.observability import configure_logging
 from deploy.bootstrap import init_deployment
 from deploy.demo_broker import broker
 from deploy.demo_report import write_report
-from deploy.observability import configure_logging
 from deploy.settings import SottoSettings
 
 
@@ -110,8 +110,8 @@ def run_demo(
 ) -> dict[str, Any]:
     from deploy.demo_foundation import run_foundation
     from deploy.demo_loop import LoopConfig, RegionLoop, run_rounds
-    from learner.fleet import StepCache
-    from learner.simulator import Population
+    from deploy.simulation.cohort_channel import StepCache
+    from deploy.simulation.population import Population
 
     console = console or Console(stderr=True)
     base = SottoSettings()

@@ -1,6 +1,6 @@
 """The foundation scenario: two regions' devices → their own Kafka topics → their own ingestion.
 
-Simulated users (``learner.simulator``) drive real :class:`edge_client.device.EdgeDevice`
+Simulated users (``deploy.simulation.population``) drive real :class:`edge_client.device.EdgeDevice`
 objects: steps are recorded in each device's SQLite context store, round summaries are sealed
 with HPKE to the home region's current key and produced through the durable outbox. A few
 hostile records are mixed in (garbage, a replay, a tampered envelope, a misrouted envelope from
@@ -20,13 +20,13 @@ from rich.console import Console
 from rich.progress import Progress
 
 from deploy.settings import SottoSettings
+from deploy.simulation.population import Population
 from edge_client.device import EdgeDevice
 from edge_client.steps import AgentStep
 from ingestion.aggregates import aggregates
 from ingestion.audit import verify_chain
 from ingestion.service import IngestionApp
 from ingestion.topics import ensure_region_topics
-from learner.simulator import Population
 from privacy.wire import b64d, b64e
 
 
@@ -111,7 +111,7 @@ def run_foundation(
     sent: dict[str, list[bytes]] = {r: [] for r in regions}
     outcomes = {r: RegionOutcome(region=r) for r in regions}
     devices = [
-        EdgeDevice(d.device_id, d.region, d.cohort, settings, workdir / "devices" / d.device_id)
+        EdgeDevice(d.device_id, d.region, d.cohort, settings.policy, workdir / "devices" / d.device_id)
         for d in pop.devices
     ]
     try:
@@ -136,7 +136,7 @@ def run_foundation(
             dev.close()
     bad = _hostile(settings, sent)
     for region in regions:
-        with IngestionApp(settings, region) as app:
+        with IngestionApp(settings.policy, region, settings.ingest) as app:
             app.process_available(timeout_s=60)
             out = outcomes[region]
             out.accepted = app.stats.accepted

@@ -1,6 +1,6 @@
 """The whole loop, per region, over the region's real Kafka topics.
 
-Per round and region: simulated devices (``learner.simulator``) check in; the round service
+Per round and region: simulated devices (``deploy.simulation.population``) check in; the round service
 (ingestion + SecAgg+ coordinator) opens one round per cohort with the learner's current plan;
 the device fleet answers through HPKE envelopes (some devices drop out mid-round); the
 coordinator releases each cohort's DP-noised sum to ``<region>.aggregates``; the learner
@@ -21,24 +21,24 @@ from typing import Any
 
 import numpy as np
 
-from deploy.keystore import signing_public_key
+from backend.keystore import signing_public_key
 from deploy.settings import SottoSettings
+from deploy.simulation.base_model import deployment_base
+from deploy.simulation.cohort_channel import StepCache
+from deploy.simulation.device_fleet import DeviceFleet
 from edge_client.adapter_sync import AdapterFeed, Outcome, apply
 from edge_client.contribution import Trunk, build_contribution
-from edge_client.fleet import DeviceFleet
 from edge_client.round_client import adapter_plan
 from edge_client.runtime import DeviceModel
 from ingestion.ledger_store import report as ledger_report
 from ingestion.round_open import RoundSpec
 from ingestion.round_service import RoundService
-from learner.actions import RoundPlan
-from learner.adapter_format import LoRAWeights, adapter_from_bytes
-from learner.base_bundle import base_model_bundle
-from learner.contribution import LAYOUT_V1
-from learner.dataset import StepArrays, hit_at_k
-from learner.fleet import StepCache
 from learner.service import LearnerApp
-from learner.shipping import SignedAdapter, verify
+from privacy.adapter_file import LoRAWeights, adapter_from_bytes
+from privacy.adapter_manifest import SignedAdapter, verify
+from privacy.adapter_plan import AdapterPlan
+from privacy.contribution import LAYOUT_V1
+from privacy.features import StepArrays, hit_at_k
 from privacy.ledger import Budget
 from privacy.round_wire import RoundOpen
 
@@ -95,7 +95,7 @@ class RegionLoop:
         ids = sorted(self.devices)
         flaky = set(rng.choice(ids, size=int(len(ids) * self.config.dropout), replace=False))
         self.flaky = flaky
-        self.plans = {c: RoundPlan(cohort=c) for c in self.cohorts}
+        self.plans = {c: AdapterPlan(cohort=c) for c in self.cohorts}
         self.weights: dict[str, dict[int, LoRAWeights]] = {c: {} for c in self.cohorts}
         self.current_round = 0
         self.svc = RoundService(
@@ -103,7 +103,7 @@ class RegionLoop:
             self.region,
             budget=Budget(epsilon=self.config.budget_epsilon, delta=self.config.budget_delta),
         )
-        self.learner = LearnerApp(self.settings, self.region)
+        self.learner = LearnerApp(self.settings.policy, self.region, self.settings.learner, base=lambda: deployment_base(self.settings.home))
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -111,7 +111,7 @@ class RegionLoop:
         cfg = self.settings.policy.region(self.region)
         self.svc.__enter__()
         self.learner.__enter__()
-        _, onnx_bytes, _ = base_model_bundle(self.settings)
+        _, onnx_bytes, _ = deployment_base(self.settings.home)
         self.trunk = Trunk.from_onnx(onnx_bytes)
         self.public_key = signing_public_key(cfg.keyset_dir)
         self.refs = {
@@ -137,7 +137,7 @@ class RegionLoop:
     # --- devices ---------------------------------------------------------------------------
 
     def _contribution(self, device_id: str, announce: RoundOpen) -> np.ndarray:
-        plan = adapter_plan(announce) or RoundPlan(cohort=announce.cohort)
+        plan = adapter_plan(announce) or AdapterPlan(cohort=announce.cohort)
         steps = self.cache.train(device_id, self.current_round)
         return build_contribution(
             self.trunk, steps, plan, device_id, adapters=self.weights[announce.cohort]
@@ -154,7 +154,7 @@ class RegionLoop:
                 continue
             result = apply(self.refs[cohort], item)
             self.sync[result.outcome.value] += 1
-            if isinstance(item, RoundPlan):
+            if isinstance(item, AdapterPlan):
                 self.plans[cohort] = item
             elif isinstance(item, SignedAdapter) and result.outcome is not Outcome.REJECTED:
                 m = item.manifest
@@ -187,7 +187,7 @@ class RegionLoop:
         opened: dict[str, str] = {}
         for c in self.cohorts:
             res = self.svc.coordinator.open_round(
-                c, spec, adapter_plan=self.plans[c].model_dump(mode="json")
+                c, spec, adapter_plan=self.plans[c]
             )
             opened[c] = res.round_id
             if res.status != "open":

@@ -19,7 +19,7 @@ import types
 import typing
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import annotated_types
 from pydantic import BaseModel, Field
@@ -31,12 +31,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ingestion.settings import IngestSettings, RoundsSettings
+from learner.settings import LearnerSettings
 from privacy.errors import ConfigError
 from privacy.policy import RegionPolicy
-
-if TYPE_CHECKING:  # heavy or cyclic imports only where a helper needs them
-    from ingestion.round_open import RoundSpec
-    from privacy.ledger import Budget
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -84,207 +82,6 @@ class KafkaSettings(BaseModel):
         description="Seconds `sotto kafka up` waits for the broker to serve before it gives "
         "up (the first start formats storage and is slower).",
     )
-
-
-class IngestSettings(BaseModel):
-    """Ingestion service tuning. Batches bound both latency and the size of one DB transaction."""
-
-    max_envelope_bytes: Annotated[
-        int,
-        Field(
-            ge=256,
-            description="Largest ingest record accepted, in bytes; bigger ones are "
-            "dead-lettered before decryption. Also caps a round's masked input: a round "
-            "whose sealed input would not fit is refused when it is opened.",
-        ),
-    ] = 64 * 1024
-    batch_max_records: Annotated[
-        int,
-        Field(
-            ge=1,
-            description="Records per poll, and so per database transaction (Kafka "
-            "`max_poll_records`): larger batches raise throughput and latency.",
-        ),
-    ] = 2000
-    poll_timeout_ms: Annotated[
-        int,
-        Field(
-            ge=10,
-            description="Milliseconds one poll waits for records; bounds how late a "
-            "shutdown or a round deadline is noticed.",
-        ),
-    ] = 500
-    group_prefix: str = Field(
-        "sotto-ingest",
-        description="Consumer group prefix; the group is `<prefix>-<region>`. Replicas of "
-        "one region share it, which is how ingestion scales out.",
-    )
-    session_timeout_ms: Annotated[
-        int,
-        Field(
-            ge=6000,
-            description="Milliseconds a crashed consumer keeps its partitions before the "
-            "group reassigns them; the heartbeat is a quarter of it (at least 1 s).",
-        ),
-    ] = 10000
-    metrics_port: Annotated[
-        int | None,
-        Field(
-            ge=1, le=65535,
-            description="Default port of `/metrics` and `/healthz` for `sotto ingest` "
-            "(its `--metrics-port` wins); unset: no HTTP server.",
-        ),
-    ] = None  # fmt: skip
-
-
-class LearnerSettings(BaseModel):
-    """The learner service (``sotto learn``): its consumer and its metrics endpoint.
-
-    The cohort learning policy (window, margins, canary fraction) is ``learner.cohort.
-    LearnerConfig``; it is checkpointed with each cohort's state, so it is code-level, not
-    a setting (see docs/configuration.md)."""
-
-    group_prefix: str = Field(
-        "sotto-learn",
-        description="Consumer group prefix of `sotto learn`; the group is `<prefix>-<region>`.",
-    )
-    session_timeout_ms: Annotated[
-        int,
-        Field(
-            ge=6000,
-            description="Milliseconds a crashed learner keeps its partitions before the "
-            "group reassigns them; the heartbeat is a quarter of it (at least 1 s).",
-        ),
-    ] = 10000
-    max_poll_records: Annotated[
-        int,
-        Field(
-            ge=1,
-            description="Releases per poll. Each release is its own transaction, so this "
-            "only bounds how long a poll's work delays a shutdown or a rebalance.",
-        ),
-    ] = 50
-    metrics_port: Annotated[
-        int | None,
-        Field(
-            ge=1, le=65535,
-            description="Default port of `/metrics` and `/healthz` for `sotto learn` "
-            "(its `--metrics-port` wins); unset: no HTTP server.",
-        ),
-    ] = None  # fmt: skip
-
-    def consumer_config(self) -> dict[str, int]:
-        """Overrides for ``learner.service.CONSUMER_DEFAULTS``; equal to them by default."""
-        return {
-            "max_poll_records": self.max_poll_records,
-            "session_timeout_ms": self.session_timeout_ms,
-            "heartbeat_interval_ms": max(1000, self.session_timeout_ms // 4),
-        }
-
-
-class RoundsSettings(BaseModel):
-    """SecAgg+ round defaults of a region's round service (``sotto ingest --coordinate``).
-
-    The budget is what the coordinator gives a cohort without a ledger row; the per-round
-    fields build the :class:`~ingestion.round_open.RoundSpec` of callers that open rounds
-    (:meth:`spec`). Their defaults equal ``RoundSpec``'s (a test checks it)."""
-
-    epsilon: Annotated[
-        float,
-        Field(
-            gt=0,
-            description="ε of one round's release (at `delta`); the DP noise is calibrated "
-            "to it. Smaller: more noise per round, more rounds per budget.",
-        ),
-    ] = 1.0
-    delta: Annotated[
-        float,
-        Field(gt=0, lt=1, description="δ of one round's release; keep it far below 1/devices."),
-    ] = 1e-6
-    budget_epsilon: Annotated[
-        float,
-        Field(
-            gt=0,
-            description="Total ε a cohort may spend (RDP composition at `budget_delta`); a "
-            "round that would exceed it is refused before any device is contacted. "
-            "Default of `sotto ingest --coordinate --budget-epsilon`.",
-        ),
-    ] = 10.0
-    budget_delta: Annotated[
-        float,
-        Field(
-            gt=0, lt=1,
-            description="δ at which a cohort's total ε is accounted. Default of "
-            "`sotto ingest --coordinate --budget-delta`.",
-        ),
-    ] = 1e-5  # fmt: skip
-    scale: Annotated[
-        float,
-        Field(
-            gt=0,
-            description="Integer units per input unit when quantizing (resolution "
-            "1/scale); keep `clip * scale` well above sqrt(dim).",
-        ),
-    ] = 1000.0
-    stage_timeout_s: Annotated[
-        float,
-        Field(
-            gt=0,
-            description="Seconds a SecAgg+ stage waits for devices before it closes with "
-            "whoever answered (the rest count as dropped).",
-        ),
-    ] = 30.0
-    min_participants: Annotated[
-        int,
-        Field(
-            ge=2,
-            description="Fewest fresh check-ins a round needs to be opened; fewer and the "
-            "round is refused (nothing is announced).",
-        ),
-    ] = 3
-    max_clients: Annotated[
-        int,
-        Field(
-            ge=2,
-            description="Most devices sampled into one round; bounds the server's "
-            "unmasking work and the size of the announcement.",
-        ),
-    ] = 1000
-    checkin_ttl_s: Annotated[
-        float,
-        Field(
-            gt=0,
-            description="Seconds a device's check-in stays eligible for sampling; older "
-            "ones are likely offline and would only drop out.",
-        ),
-    ] = 3600.0
-    expected_dropout: Annotated[
-        float | None,
-        Field(
-            ge=0,
-            lt=0.5,
-            description="Share of sampled devices expected to vanish mid-round; the SecAgg+ "
-            "neighbour graph is sized so that a round survives it (unset: k = O(log n)).",
-        ),
-    ] = None
-
-    def budget(self) -> Budget:
-        """The default per-cohort budget, as the ledger wants it."""
-        from privacy.ledger import Budget
-
-        return Budget(epsilon=self.budget_epsilon, delta=self.budget_delta)
-
-    def spec(self, layout: str, dim: int, clip: float, **overrides: Any) -> RoundSpec:
-        """A ``RoundSpec`` for ``layout`` with these defaults; ``overrides`` win."""
-        from ingestion.round_open import RoundSpec
-
-        fields = {
-            "epsilon": self.epsilon, "delta": self.delta, "scale": self.scale,
-            "stage_timeout_s": self.stage_timeout_s, "min_participants": self.min_participants,
-            "max_clients": self.max_clients, "checkin_ttl_s": self.checkin_ttl_s,
-            "dropout": self.expected_dropout,
-        }  # fmt: skip
-        return RoundSpec(layout=layout, dim=dim, clip=clip, **{**fields, **overrides})
 
 
 def config_file() -> Path | None:

@@ -4,7 +4,7 @@ Two halves, so a simulation can feed many devices from one consumer:
 
 * :class:`AdapterFeed` reads the region's compacted adapters topic from the beginning (no
   consumer group: every device wants every record) and turns records into items —
-  :class:`~learner.shipping.SignedAdapter`, :class:`~learner.actions.RoundPlan`, or
+  :class:`~privacy.adapter_manifest.SignedAdapter`, :class:`~privacy.adapter_plan.AdapterPlan`, or
   :class:`Withdrawn` (a tombstone). Records that parse as none of these are counted in
   ``feed.stats`` and skipped; the feed never raises for bad records.
 * :func:`apply` hands one item to one :class:`~edge_client.runtime.DeviceModel`. Trust comes
@@ -35,14 +35,14 @@ from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from edge_client.runtime import DeviceModel
-from learner.actions import RoundPlan
-from learner.shipping import (
+from privacy.adapter_manifest import (
     ALL_COHORTS,
     AdapterRejected,
     AdapterRejectReason,
     SignedAdapter,
     verify,
 )
+from privacy.adapter_plan import AdapterPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,7 @@ class Withdrawn:
     version: int
 
 
-FeedItem = SignedAdapter | RoundPlan | Withdrawn
+FeedItem = SignedAdapter | AdapterPlan | Withdrawn
 
 
 class Outcome(StrEnum):
@@ -101,7 +101,7 @@ def parse_record(key: bytes | None, value: bytes | None) -> FeedItem | None:
     try:
         if "manifest" in obj:
             return SignedAdapter.model_validate(obj)
-        return RoundPlan.model_validate(obj)
+        return AdapterPlan.model_validate(obj)
     except ValidationError:
         return None
 
@@ -183,7 +183,7 @@ def apply(device: DeviceModel, item: FeedItem, stats: SyncStats | None = None) -
     """Apply one feed item to ``device``; never raises for anything the topic carries."""
     if isinstance(item, SignedAdapter):
         result = _apply_signed(device, item)
-    elif isinstance(item, RoundPlan):
+    elif isinstance(item, AdapterPlan):
         result = _apply_plan(device, item)
     else:
         result = _apply_withdrawn(device, item)
@@ -234,7 +234,7 @@ def _verified(device: DeviceModel, signed: SignedAdapter, outcome: Outcome) -> A
     return Applied(outcome, signed.manifest.version)
 
 
-def _apply_plan(device: DeviceModel, plan: RoundPlan) -> Applied:
+def _apply_plan(device: DeviceModel, plan: AdapterPlan) -> Applied:
     if plan.cohort != device.cohort:
         return Applied(Outcome.OTHER_COHORT)
     staged = device.candidate_version

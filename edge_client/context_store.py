@@ -6,7 +6,7 @@ recent steps and deletes older ones in the same transaction that inserts a new o
 
 Why time decay: yesterday's habits say more about the next task than last month's. A step
 ``age`` old weighs ``0.5 ** (age / half_life)``; the context embedding is the weighted,
-re-normalized sum of step embeddings (:func:`edge_client.embedding.combine`).
+re-normalized sum of step embeddings (:func:`privacy.embedding.combine`).
 
 Steps are stored redacted (:meth:`AgentStep.redacted`): typed text never touches the disk.
 Each row keeps the step's embedding computed at record time together with its
@@ -23,8 +23,8 @@ from typing import NamedTuple
 import numpy as np
 import sqlalchemy as sa
 
-from edge_client.embedding import EMBED_VERSION, combine
 from edge_client.steps import AgentStep
+from privacy.embedding import EMBED_VERSION, combine
 from privacy.wire import EMBEDDING_DIM, utcnow
 
 _metadata = sa.MetaData()

@@ -8,8 +8,8 @@ The shadow comparison goes through :meth:`DeviceModel.shadow_eval` (the real ORT
 the device has the candidate staged; otherwise the numpy trunk scores the adapters the
 device holds (canary devices compare against the live adapter they keep as previous).
 
-What to do this round is the cohort's :class:`~learner.actions.RoundPlan`; the vector's
-meaning is :data:`learner.contribution.LAYOUT_V1`. The result is clipped to the layout's
+What to do this round is the cohort's :class:`~privacy.adapter_plan.AdapterPlan`; the vector's
+meaning is :data:`privacy.contribution.LAYOUT_V1`. The result is clipped to the layout's
 ``C`` and is what :func:`privacy.round.client_input` quantizes, noises and masks.
 """
 
@@ -24,11 +24,11 @@ import onnx
 from onnx import numpy_helper
 
 from edge_client.runtime import DeviceModel, in_canary
-from learner.actions import RoundPlan
-from learner.adapter_format import LoRAWeights
-from learner.catalog import NUM_CANDIDATES
-from learner.contribution import LAYOUT_V1, ContributionLayout
-from learner.dataset import StepArrays
+from privacy.adapter_file import LoRAWeights
+from privacy.adapter_plan import AdapterPlan
+from privacy.catalog import NUM_CANDIDATES
+from privacy.contribution import LAYOUT_V1, ContributionLayout
+from privacy.features import StepArrays
 
 
 class LabelledStep(Protocol):
@@ -132,7 +132,7 @@ def _weights(adapters: Mapping[int, LoRAWeights], version: int | None) -> LoRAWe
 def build_contribution(
     device_model_or_trunk: DeviceModel | Trunk,
     steps: StepArrays | Sequence[LabelledStep],
-    plan: RoundPlan,
+    plan: AdapterPlan,
     device_id: str,
     *,
     adapters: Mapping[int, LoRAWeights] | None = None,

@@ -11,7 +11,7 @@ the cohort, which the envelope header already names.
 
 Usage (needs a deployment and a broker, so not a doctest)::
 
-    with EdgeDevice("phone-1", "eu", "cohort-a", settings, data_dir) as device:
+    with EdgeDevice("phone-1", "eu", "cohort-a", policy, data_dir) as device:
         device.record_step(AgentStep.from_autoglm(action, instruction=task,
                                                   outcome="accepted", timestamp=now))
         receipt = device.send_round(7)   # receipt.delivered is False while offline
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from edge_client.context_store import ContextStore
+from edge_client.keys import KeySource, resolve
 from edge_client.outbox import Outbox
 from edge_client.producer import OutboxProducer
 from edge_client.steps import AgentStep
@@ -38,7 +39,6 @@ from privacy.policy import RegionConfig, RegionPolicy
 from privacy.wire import ID_PATTERN, Envelope, RoundSummary, utcnow
 
 if TYPE_CHECKING:
-    from deploy.settings import SottoSettings
     from edge_client.round_client import OutboxTransport
 
 
@@ -62,13 +62,15 @@ class EdgeDevice:
         The home region's name in the policy.
     cohort
         The cohort this device aggregates with.
-    settings
-        A :class:`deploy.settings.SottoSettings` or a :class:`privacy.policy.RegionPolicy`.
+    policy
+        The region policy (:class:`privacy.policy.RegionPolicy`): where the home region's
+        brokers and topics are.
     data_dir
         Where the context store and the outbox live (``context.db``, ``outbox.db``).
     keyset
-        The home region's public key set; default: read from the region's ``keyset_dir``
-        at every send, so a key rotation takes effect on the next round.
+        The home region's public key set, or a callable returning the current one (see
+        :mod:`edge_client.keys`); default: the published ``keyset.json`` in the region's
+        ``keyset_dir``, read at every send, so a key rotation takes effect on the next round.
     max_steps, half_life
         The context window (see :class:`ContextStore`).
     timeout_s
@@ -80,10 +82,10 @@ class EdgeDevice:
         device_id: str,
         region: str,
         cohort: str,
-        settings: SottoSettings | RegionPolicy,
+        policy: RegionPolicy,
         data_dir: str | Path,
         *,
-        keyset: KeySet | None = None,
+        keyset: KeySource | None = None,
         max_steps: int = 200,
         half_life: timedelta = timedelta(days=7),
         timeout_s: float = 5.0,
@@ -94,16 +96,15 @@ class EdgeDevice:
         self.device_id = device_id
         self.region = region
         self.cohort = cohort
-        self.settings = settings
+        self.policy = policy
         self.data_dir = Path(data_dir)
         self.keyset = keyset
         self.max_steps = max_steps
         self.half_life = half_life
         self.timeout_s = timeout_s
 
-        policy = settings if isinstance(settings, RegionPolicy) else settings.policy
         self._home: RegionConfig = policy.region(region)  # ConfigError for unknown regions
-        if keyset is not None and keyset.region != region:
+        if isinstance(keyset, KeySet) and keyset.region != region:
             raise ConfigError(f"key set of {keyset.region!r} given to a device of {region!r}")
         self._context = ContextStore(self.data_dir / "context.db", max_steps, half_life)
         self._outbox = Outbox(self.data_dir / "outbox.db")
@@ -150,12 +151,7 @@ class EdgeDevice:
 
     def current_key(self) -> KeyEntry:
         """The home region's current HPKE key; a key of any other region is refused."""
-        if self.keyset is not None:
-            keyset = self.keyset
-        else:
-            from deploy.keystore import load_keyset
-
-            keyset = load_keyset(self._home.keyset_dir)
+        keyset = resolve(self.keyset, self._home.keyset_dir)
         key = keyset.current()
         if keyset.region != self.region or key.region != self.region:
             raise ConfigError(

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
-from learner.catalog import CANDIDATES, INTENT_APPS
+from privacy.catalog import CANDIDATES, INTENT_APPS
 
 if TYPE_CHECKING:
     from edge_client.runtime import Suggestion

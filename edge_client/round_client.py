@@ -31,6 +31,7 @@ import numpy as np
 from edge_client.outbox import Outbox
 from edge_client.producer import OutboxProducer
 from privacy import quantize
+from privacy.adapter_plan import AdapterPlan
 from privacy.envelope import seal
 from privacy.errors import ProtocolError, RemoteProtocolError
 from privacy.keys import KeyEntry
@@ -44,7 +45,6 @@ from privacy.wire import Frozen
 
 if TYPE_CHECKING:
     from edge_client.device import EdgeDevice
-    from learner.actions import RoundPlan as LearnerPlan
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,9 @@ def summary_contribution(device: EdgeDevice) -> Contribution:
     return lambda announce: device.build_summary(announce.round).vector()
 
 
-def adapter_plan(announce: RoundOpen) -> LearnerPlan | None:
+def adapter_plan(announce: RoundOpen) -> AdapterPlan | None:
     """The learner's plan for the cohort carried by the round (what to shadow-evaluate)."""
-    from learner.actions import RoundPlan as LearnerPlan
-
-    return (
-        None if announce.adapter_plan is None else LearnerPlan.model_validate(announce.adapter_plan)
-    )
+    return announce.adapter_plan
 
 
 @dataclass

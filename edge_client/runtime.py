@@ -9,10 +9,10 @@ a phone agent must not hog cores) and up to three adapters:
 * **candidate** — staged with :meth:`~DeviceModel.stage` for shadow evaluation: scored beside
   live on real instructions, never shown, until promoted or discarded.
 
-Nothing reaches ONNX Runtime's adapter parser before :func:`learner.shipping.verify` has checked
+Nothing reaches ONNX Runtime's adapter parser before :func:`privacy.adapter_manifest.verify` has checked
 the Ed25519 signature. Then the device's own policy, in this order: region, cohort, base model
-hash, version rules (see :mod:`learner.shipping`), and finally that ORT accepts the adapter's
-tensors for this graph. Each refusal is an :class:`~learner.shipping.AdapterRejected` whose
+hash, version rules (see :mod:`privacy.adapter_manifest`), and finally that ORT accepts the adapter's
+tensors for this graph. Each refusal is an :class:`~privacy.adapter_manifest.AdapterRejected` whose
 ``reason`` says why (``bad_signature``, ``wrong_base``, ``downgrade``...). A swap replaces one
 immutable slot object under a lock, so a concurrent ``suggest`` sees the old or the new
 adapter, never a mix.
@@ -30,11 +30,8 @@ import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_client.embedding import embed_instruction
-from learner.adapter_format import adapter_from_bytes, load_lora_adapter
-from learner.catalog import CANDIDATES, candidate_index
-from learner.graph_io import INPUT_CONTEXT, INPUT_INSTRUCTION, LORA_A, LORA_B, OUTPUT_LOGITS
-from learner.shipping import (
+from privacy.adapter_file import adapter_from_bytes, load_lora_adapter
+from privacy.adapter_manifest import (
     ALL_COHORTS,
     AdapterManifest,
     AdapterRejected,
@@ -42,7 +39,10 @@ from learner.shipping import (
     SignedAdapter,
     verify,
 )
+from privacy.catalog import CANDIDATES, candidate_index
+from privacy.embedding import embed_instruction
 from privacy.errors import ConfigError, LocalProtocolError
+from privacy.graph_io import INPUT_CONTEXT, INPUT_INSTRUCTION, LORA_A, LORA_B, OUTPUT_LOGITS
 from privacy.wire import EMBEDDING_DIM
 
 _CANARY_DOMAIN = b"sotto/canary/v1\x00"

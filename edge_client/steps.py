@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edge_client.embedding import embed_step
+from privacy.embedding import embed_step
 
 Action = Literal[
     "Launch",

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge_client.context_store import WeightedStep
-from edge_client.embedding import EMBED_VERSION, combine
 from edge_client.steps import ACTIONS
+from privacy.embedding import EMBED_VERSION, combine
 from privacy.wire import EMBEDDING_DIM, BehaviorCounts, RoundSummary
 
 

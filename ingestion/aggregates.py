@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, Engine, and_, select
 
+from backend.storage import reading
 from ingestion.db import aggregates as table
-from ingestion.db import reading
 from privacy.wire import EMBEDDING_DIM, RoundSummary
 
 COUNT_FIELDS = ("steps", "accepted", "overridden", "failed")

@@ -19,7 +19,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from ingestion.db import audit_log, reading
+from backend.storage import reading
+from ingestion.db import audit_log
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (

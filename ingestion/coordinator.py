@@ -33,13 +33,14 @@ import structlog
 from kafka import KafkaProducer
 from sqlalchemy import Engine, select
 
+from backend.storage import reading
 from ingestion import audit, ledger_store, round_outbox
 from ingestion.audit import AuditEvent
-from ingestion.db import reading
 from ingestion.round_open import OpenResult, RoundSpec, event, open_round
 from ingestion.round_state import LiveRound
 from ingestion.rounds_db import ACTIVE, round_messages, round_releases, rounds
 from privacy import accountant
+from privacy.adapter_plan import AdapterPlan
 from privacy.ledger import Budget, BudgetExceeded
 from privacy.policy import RegionConfig
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
@@ -88,6 +89,7 @@ class RoundCoordinator:
         self.producer = producer
         self.config = config
         self.region = config.name
+        self._outbox = round_outbox.outbox(self.region)
         self.budget = budget
         self.allow_unnoised = allow_unnoised
         self.max_envelope_bytes = max_envelope_bytes
@@ -105,7 +107,7 @@ class RoundCoordinator:
         spec: RoundSpec,
         *,
         participants: Sequence[str] | None = None,
-        adapter_plan: dict[str, Any] | None = None,
+        adapter_plan: AdapterPlan | None = None,
         now: datetime | None = None,
     ) -> OpenResult:
         """Plan, budget-check and announce a round (see :mod:`ingestion.round_open`)."""
@@ -151,7 +153,7 @@ class RoundCoordinator:
         if self.producer is None:
             return 0
         try:
-            return round_outbox.publish_pending(self.engine, self.producer, self.region)
+            return self._outbox.publish_pending(self.engine, self.producer)
         except Exception as exc:  # broker away: the rows stay queued for the next publish
             self._log.warning("round_publish_failed", error=exc.__class__.__name__)
             return 0

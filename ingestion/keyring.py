@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from deploy import keystore
+from backend import keystore
 from ingestion.validator import Keyring
 from privacy.errors import ConfigError
 from privacy.policy import RegionPolicy

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, inspect, select
 from sqlalchemy.engine import make_url
 
-from ingestion.db import make_engine, reading
+from backend.storage import make_engine, reading
 from ingestion.rounds_db import privacy_ledgers
 from privacy.ledger import Budget, Ledger
 from privacy.policy import RegionPolicy
@@ -126,3 +126,15 @@ def report_policy(policy: RegionPolicy, region: str | None = None) -> list[Cohor
         finally:
             engine.dispose()
     return out
+
+
+def region_gauges(engine: Engine, region: str) -> list[tuple[str, str, dict[str, str], float]]:
+    """ε spent per cohort, read at scrape time (nothing if rounds never ran)."""
+    from sqlalchemy import inspect
+
+    if not inspect(engine).has_table("privacy_ledgers"):
+        return []
+    return [
+        ("sotto_epsilon_spent", "privacy budget spent", {"cohort": r.cohort}, r.epsilon_spent)
+        for r in report(engine, region)
+    ]

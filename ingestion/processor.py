@@ -1,4 +1,4 @@
-"""Turn one polled batch into a :class:`Checkpoint`: validate, then reject replays.
+"""Turn one polled batch into a :class:`~ingestion.checkpoint.BatchCheckpoint`: validate, then reject replays.
 
 Replay protection is two-layered: a set of msg_ids accepted earlier in the same batch, and
 one ``seen_messages`` lookup per batch for ids made durable by earlier batches. The lookup
@@ -15,9 +15,10 @@ from typing import Protocol
 
 from sqlalchemy import Engine, select
 
+from backend.storage import reading
 from ingestion import round_sink
-from ingestion.checkpoint import Checkpoint
-from ingestion.db import reading, seen_messages
+from ingestion.checkpoint import BatchCheckpoint
+from ingestion.db import seen_messages
 from ingestion.validator import Accepted, Rejected, Validator
 from privacy.wire import RejectReason
 
@@ -55,7 +56,7 @@ def build_checkpoint(
     group_id: str,
     dead_letter_topic: str,
     now: datetime,
-) -> Checkpoint:
+) -> BatchCheckpoint:
     """Validate ``records`` (in partition, offset order) into a checkpoint ready to commit."""
     region = validator.region
     decided: list[tuple[RecordLike, bytes, Accepted | Rejected]] = []
@@ -65,7 +66,7 @@ def build_checkpoint(
     durable = seen_before(
         engine, region, [v.envelope.msg_id for _, _, v in decided if isinstance(v, Accepted)]
     )
-    cp = Checkpoint(region=region, group_id=group_id, dead_letter_topic=dead_letter_topic, now=now)
+    cp = BatchCheckpoint(region=region, group_id=group_id, dead_letter_topic=dead_letter_topic, now=now)
     decided = round_sink.screen_verdicts(engine, region, decided, durable)
     in_batch: set[str] = set()
     for rec, raw, verdict in decided:

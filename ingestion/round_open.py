@@ -31,6 +31,7 @@ from sqlalchemy import Connection, func, select
 from ingestion import audit, ledger_store, round_outbox
 from ingestion.audit import AuditEvent
 from ingestion.rounds_db import ACTIVE, round_checkins, rounds
+from privacy.adapter_plan import AdapterPlan
 from privacy.errors import ConfigError
 from privacy.ledger import Budget, ChargeEvent, Ledger
 from privacy.rand import Randomness
@@ -144,7 +145,7 @@ def open_round(
     allow_unnoised: bool,
     max_envelope_bytes: int,
     participants: Sequence[str] | None = None,
-    adapter_plan: dict[str, Any] | None = None,
+    adapter_plan: AdapterPlan | None = None,
 ) -> OpenResult:
     """Decide and persist one round in the caller's transaction (see module docs)."""
     ts = now.timestamp()

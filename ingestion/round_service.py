@@ -1,4 +1,4 @@
-"""One process per region that ingests and coordinates rounds: ``python -m ingestion.round_service``.
+"""One process per region that ingests and coordinates rounds: ``sotto ingest --coordinate``.
 
 :class:`RoundService` runs the region's :class:`~ingestion.service.IngestionApp` (which stores
 SecAgg+ payloads into ``round_messages`` in its exactly-once checkpoint) and a
@@ -13,7 +13,6 @@ so a restarted service first stores what devices sent while it was down.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import threading
 from collections.abc import Callable
@@ -22,10 +21,11 @@ from types import TracebackType
 
 from kafka import KafkaProducer
 
-from deploy.settings import SottoSettings
 from ingestion.coordinator import RoundCoordinator
 from ingestion.service import IngestionApp
+from ingestion.settings import IngestSettings
 from privacy.ledger import Budget
+from privacy.policy import RegionPolicy
 from privacy.wire import utcnow
 
 
@@ -34,20 +34,21 @@ class RoundService:
 
     def __init__(
         self,
-        settings: SottoSettings,
+        policy: RegionPolicy,
         region: str,
+        settings: IngestSettings | None = None,
         *,
         budget: Budget,
         clock: Callable[[], datetime] = utcnow,
         allow_unnoised: bool = False,
         group_id: str | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = settings = settings or IngestSettings()
         self.region = region
         self.budget = budget
         self.clock = clock
         self.allow_unnoised = allow_unnoised
-        self.app = IngestionApp(settings, region, group_id=group_id)
+        self.app = IngestionApp(policy, region, settings, group_id=group_id)
         self._producer: KafkaProducer | None = None
         self._coordinator: RoundCoordinator | None = None
 
@@ -66,7 +67,7 @@ class RoundService:
             self.app.config,
             budget=self.budget,
             allow_unnoised=self.allow_unnoised,
-            max_envelope_bytes=self.settings.ingest.max_envelope_bytes,
+            max_envelope_bytes=self.settings.max_envelope_bytes,
         )
         self._coordinator.publish()  # finish what a previous run decided but did not publish
         return self
@@ -98,37 +99,3 @@ class RoundService:
     def run(self, stop: threading.Event, timeout_ms: int = 100) -> None:
         while not stop.is_set():
             self.step(timeout_ms)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from deploy.observability import configure_logging
-
-    parser = argparse.ArgumentParser(prog="python -m ingestion.round_service")
-    parser.add_argument("--region", required=True)
-    parser.add_argument("--budget-epsilon", type=float, default=10.0)
-    parser.add_argument("--budget-delta", type=float, default=1e-5)
-    parser.add_argument("--metrics-port", type=int, default=None)
-    args = parser.parse_args(argv)
-    settings = SottoSettings()
-    configure_logging(settings.log_level, settings.log_json)
-    stop = threading.Event()
-    budget = Budget(epsilon=args.budget_epsilon, delta=args.budget_delta)
-    with RoundService(settings, args.region, budget=budget) as service:
-        import signal
-
-        from deploy.observability import serve_service
-        from ingestion.runner import region_gauges
-
-        serve_service(
-            args.metrics_port, "ingest", args.region, service.app.stats.as_dict,
-            lambda: region_gauges(service.app.engine, args.region),
-        )  # fmt: skip
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        service.run(stop)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

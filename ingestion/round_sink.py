@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from ingestion.db import reading
+from backend.storage import reading
 from ingestion.rounds_db import ACTIVE, round_checkins, round_messages, rounds
 from ingestion.validator import Accepted, Rejected
 from privacy.round_wire import CLIENT_PAYLOADS, STAGE_OF_TYPE, Checkin, round_id_for

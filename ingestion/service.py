@@ -28,15 +28,16 @@ from kafka import (
     TopicPartition,
 )
 
-from deploy.settings import SottoSettings
-from ingestion.checkpoint import Checkpoint
+from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
+from ingestion.checkpoint import BatchCheckpoint
 from ingestion.db import consumer_offsets, open_database
-from ingestion.durable_app import DurableConsumerApp, SeekFromDatabase
 from ingestion.keyring import KeyWatcher
 from ingestion.processor import build_checkpoint
+from ingestion.settings import IngestSettings
 from ingestion.stats import IngestStats
 from ingestion.topics import ensure_region_topics
 from ingestion.validator import Validator
+from privacy.policy import RegionPolicy
 from privacy.wire import utcnow
 
 log = structlog.get_logger(__name__)
@@ -62,8 +63,9 @@ class IngestionApp(DurableConsumerApp):
 
     def __init__(
         self,
-        settings: SottoSettings,
+        policy: RegionPolicy,
         region: str,
+        settings: IngestSettings | None = None,
         *,
         extra_topics: Sequence[str] = (),
         group_id: str | None = None,
@@ -71,15 +73,16 @@ class IngestionApp(DurableConsumerApp):
         create_topics: bool = True,
     ) -> None:
         super().__init__()
-        self.settings = settings
+        self.settings = settings = settings or IngestSettings()
+        self.policy = policy
         self.region = region
-        self.config = settings.policy.region(region)
-        self.group_id = group_id or f"{settings.ingest.group_prefix}-{region}"
+        self.config = policy.region(region)
+        self.group_id = group_id or f"{settings.group_prefix}-{region}"
         self.topics = [self.config.t.ingest, *[t for t in extra_topics if t != self.config.t.ingest]]
         self.stats = IngestStats()
         self._consumer_config = {**CONSUMER_DEFAULTS, **(consumer_config or {})}
         self._create_topics = create_topics
-        self._keys = KeyWatcher(settings.policy, region)
+        self._keys = KeyWatcher(policy, region)
         self._validator = self._new_validator()
         self._log = log.bind(region=region, group=self.group_id)
 
@@ -93,7 +96,7 @@ class IngestionApp(DurableConsumerApp):
             bootstrap_servers=servers, acks="all", linger_ms=5,
             client_id=f"sotto-ingest-dlq-{self.region}",
         )  # fmt: skip
-        ingest = self.settings.ingest
+        ingest = self.settings
         config: dict[str, Any] = {
             "max_poll_records": ingest.batch_max_records,
             "session_timeout_ms": ingest.session_timeout_ms,
@@ -120,8 +123,8 @@ class IngestionApp(DurableConsumerApp):
     # -- the loop -------------------------------------------------------------------------
     def _new_validator(self) -> Validator:
         return Validator(
-            self.region, self.settings.policy, self._keys.keyring,
-            max_bytes=self.settings.ingest.max_envelope_bytes,
+            self.region, self.policy, self._keys.keyring,
+            max_bytes=self.settings.max_envelope_bytes,
         )  # fmt: skip
 
     def poll_once(self, timeout_ms: int | None = None) -> int:
@@ -129,7 +132,7 @@ class IngestionApp(DurableConsumerApp):
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("IngestionApp is not started; use it as a context manager")
-        timeout = self.settings.ingest.poll_timeout_ms if timeout_ms is None else timeout_ms
+        timeout = self.settings.poll_timeout_ms if timeout_ms is None else timeout_ms
         batch = consumer.poll(timeout_ms=timeout)
         if not batch:
             return 0
@@ -145,7 +148,7 @@ class IngestionApp(DurableConsumerApp):
         self._commit(cp, list(batch))
         return len(records)
 
-    def _commit(self, cp: Checkpoint, partitions: list[TopicPartition]) -> None:
+    def _commit(self, cp: BatchCheckpoint, partitions: list[TopicPartition]) -> None:
         assert self._producer is not None and self._consumer is not None
         try:
             cp.commit(producer=self._producer, engine=self.engine, consumer=self._consumer)

@@ -2,7 +2,7 @@
 
 :class:`learner.cohort.CohortLearner` (pure: no Kafka, no DB) turns each released aggregate
 into a list of :class:`AdapterAction` and tells the round coordinator what devices should do
-next round (:class:`RoundPlan`). The service (``learner/service.py``) persists the learner's
+next round (:class:`privacy.adapter_plan.AdapterPlan`). The service (``learner/service.py``) persists the learner's
 state, the registry rows and the consumed offsets in one transaction, then signs and
 publishes the actions. Keeping the two apart is what lets the learning logic be tested
 exhaustively in memory and the exactly-once machinery be tested against the real broker.
@@ -10,24 +10,12 @@ exhaustively in memory and the exactly-once machinery be tested against the real
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import Field
 
+from privacy.adapter_plan import AdapterStatus
 from privacy.wire import Frozen
-
-
-class AdapterStatus(StrEnum):
-    """Registry lifecycle; transitions are a table in ``learner/rollout.py``."""
-
-    CANDIDATE = "candidate"
-    SHADOW = "shadow"
-    CANARY = "canary"
-    LIVE = "live"
-    ROLLED_BACK = "rolled_back"
-    RETIRED = "retired"
-    REJECTED = "rejected"
 
 
 class AdapterAction(Frozen):
@@ -46,17 +34,3 @@ class AdapterAction(Frozen):
     epsilon_spent: float = 0.0
     metrics: dict[str, float] = Field(default_factory=dict)
     reason: str = ""
-
-
-class RoundPlan(Frozen):
-    """What devices of a cohort do in the next round: which adapter is live for everyone,
-    which one canary devices (stable hash, ``canary_fraction``) run, and which one every
-    device evaluates in shadow (never shown). ``previous_version`` is the fallback every device
-    keeps for local rollback; the rollout comparison scores live against it."""
-
-    cohort: str
-    live_version: int | None = None
-    canary_version: int | None = None
-    canary_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
-    shadow_version: int | None = None
-    previous_version: int | None = None

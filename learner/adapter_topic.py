@@ -8,25 +8,25 @@ Why records of a cohort share one partition (chosen by a stable hash of the coho
 record key): a device must see a release before the rollback that refers to it, and a plan
 after the adapters it names. Kafka orders records only within a partition.
 
-Publishing is outbox-driven: rows are produced in id order by an idempotent producer
-(``acks=all``), flushed, every send checked, and only then marked published. A crash in
-between republishes the same bytes under the same keys, which compaction and devices absorb.
+Publishing goes through the one transactional outbox (:mod:`backend.outbox`) with an
+idempotent producer (``acks=all``): a crash between produce and mark republishes the same bytes
+under the same keys, which compaction and devices absorb.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Row
 
-from ingestion.db import reading
+from backend.outbox import OutboundRecord, Outbox
 from learner.registry import adapter_outbox
-from learner.service_errors import PublishError
 from privacy.policy import RegionConfig
 from privacy.wire import cohort_partition, utcnow
 
@@ -92,55 +92,35 @@ def make_producer(config: RegionConfig, region: str) -> KafkaProducer:
 partition_for = cohort_partition  # one definition, shared with the round coordinator
 
 
+def _record(topic: str) -> Callable[[Row[Any]], OutboundRecord]:
+    def record(row: Row[Any]) -> OutboundRecord:
+        value = None if row.value is None else bytes(row.value)
+        return OutboundRecord(
+            row.id, topic, row.record_key.encode(), value, row.cohort,
+            [(TYPE_HEADER, row.kind.encode())],
+        )  # fmt: skip
+
+    return record
+
+
+def outbox(region: str, topic: str) -> Outbox:
+    """The learner's outbox of ``region``, published to the adapters ``topic``."""
+    return Outbox(
+        adapter_outbox, region, ("cohort", "kind", "record_key", "value"), _record(topic), utcnow
+    )
+
+
 def publish_pending(
     engine: Engine, producer: KafkaProducer, region: str, topic: str, timeout_s: float = 30.0
 ) -> int:
     """Produce every unpublished outbox row of ``region`` in order; mark them published.
 
-    Returns how many were published. Raises :class:`PublishError` (rows stay pending) if any
-    send is not acknowledged.
+    Returns how many were published. Raises :class:`~backend.errors.PublishError` (the
+    unacknowledged rows stay pending) if any send is not acknowledged.
     """
-    c = adapter_outbox.c
-    stmt = (
-        select(c.id, c.cohort, c.kind, c.record_key, c.value)
-        .where(c.region == region, c.published_at.is_(None))
-        .order_by(c.id)
-    )
-    with reading(engine) as conn:
-        rows = conn.execute(stmt).all()
-    if not rows:
-        return 0
-    partitions = sorted(producer.partitions_for(topic) or [])
-    if not partitions:
-        raise PublishError(f"topic {topic} has no partitions (not created?)")
-    futures = [
-        producer.send(
-            topic,
-            key=row.record_key.encode(),
-            value=None if row.value is None else bytes(row.value),
-            partition=partitions[partition_for(row.cohort, len(partitions))],
-            headers=[(TYPE_HEADER, row.kind.encode())],
-        )
-        for row in rows
-    ]
-    producer.flush(timeout=timeout_s)
-    for fut in futures:
-        if not fut.is_done or fut.failed():
-            raise PublishError(f"adapter record not acknowledged: {fut.exception!r}")
-    with engine.begin() as conn:
-        conn.execute(
-            adapter_outbox.update()
-            .where(c.id.in_([r.id for r in rows]))
-            .values(published_at=utcnow())
-        )
-    return len(rows)
+    return outbox(region, topic).publish_pending(engine, producer, timeout_s)
 
 
 def pending_count(engine: Engine, region: str) -> int:
     """Outbox rows of ``region`` not yet acknowledged by the adapters topic."""
-    c = adapter_outbox.c
-    with reading(engine) as conn:
-        n = conn.execute(
-            select(func.count()).where(c.region == region, c.published_at.is_(None))
-        ).scalar()
-    return int(n or 0)
+    return outbox(region, "").pending_count(engine)

@@ -5,13 +5,13 @@ device that starts reading from the beginning sees each version's current state,
 whole history. Keys (cohort ids never contain ``|``):
 
 =============================  =================================================================
-``<cohort>|<version>``         :class:`~learner.shipping.SignedAdapter`, ``kind="release"``.
+``<cohort>|<version>``         :class:`~privacy.adapter_manifest.SignedAdapter`, ``kind="release"``.
                                Republished under the same key when its rollout changes
                                (shadow ``rollout_fraction=0`` -> canary -> live ``1.0``).
                                A tombstone (no value) when the version is withdrawn.
 ``<cohort>|rollback|<parent>`` SignedAdapter, ``kind="rollback"``: devices on ``parent`` go
                                back to ``version``.
-``plan|<cohort>``              the cohort's :class:`~learner.actions.RoundPlan` as JSON.
+``plan|<cohort>``              the cohort's :class:`~privacy.adapter_plan.AdapterPlan` as JSON.
 =============================  =================================================================
 
 Every record also carries a ``sotto-type`` header (``release``/``rollback``/``plan``/
@@ -32,8 +32,8 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from learner.actions import AdapterStatus
-from learner.shipping import SignedAdapter, make_manifest, sign_artifact
+from privacy.adapter_manifest import SignedAdapter, make_manifest, sign_artifact
+from privacy.adapter_plan import AdapterStatus
 
 OutboxKind = Literal["release", "rollback", "plan", "tombstone"]
 

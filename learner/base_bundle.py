@@ -3,9 +3,9 @@
 Why a cache on disk: every adapter manifest names the base by the SHA-256 of its ONNX bytes,
 and a device refuses adapters built for another base. The learner and the devices of a
 deployment must therefore agree on one byte string. The first process to need it builds the
-base deterministically (:func:`learner.model.build_base_model`), exports it once, and
-publishes ``base-<seed>.onnx`` + ``base-<seed>.pt`` (the net's weights) together under
-``<home>/models``; every later process, learner or device simulator, reads those files back.
+base with the builder the composition root passes in (deterministic: seeded training on
+simulated data), exports it once, and publishes ``base.onnx`` + ``base.pt`` (the net's weights
+and reference Gram) together in the bundle's directory; every later process, learner or device simulator, reads those files back.
 Publication is a directory rename, so a racing second builder simply adopts the first one's
 files. The base is population-level, not user data, so one copy serves every region of a home.
 """
@@ -16,20 +16,13 @@ import os
 import secrets
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from deploy.settings import SottoSettings
-from learner.model import (
-    BASE_SEED,
-    ModelConfig,
-    PersonalizationNet,
-    build_base_model,
-    export_onnx,
-    model_sha256,
-)
+from learner.model import ModelConfig, PersonalizationNet, export_onnx, model_sha256
 
 ONNX_NAME = "base.onnx"
 WEIGHTS_NAME = "base.pt"
@@ -45,25 +38,22 @@ _cache: dict[Path, BaseBundle] = {}
 _lock = threading.Lock()
 
 
-def models_dir(settings: SottoSettings, seed: int = BASE_SEED) -> Path:
-    return Path(settings.home) / "models" / f"base-{seed}"
-
-
-def base_model_bundle(settings: SottoSettings, seed: int = BASE_SEED) -> BaseBundle:
-    """``(net, onnx_bytes, sha256)`` of the deployment's base model, built at most once."""
-    directory = models_dir(settings, seed).resolve()
+def base_model_bundle(directory: Path, build: Callable[[], PersonalizationNet]) -> BaseBundle:
+    """``(net, onnx_bytes, sha256)`` of the base model kept in ``directory``, built at most once
+    (by ``build``) and read back by every later caller."""
+    directory = Path(directory).resolve()
     with _lock:
         bundle = _cache.get(directory)
         if bundle is None:
             if not (directory / ONNX_NAME).is_file():
-                _build_into(directory, seed)
+                _build_into(directory, build)
             bundle = _load(directory)
             _cache[directory] = bundle
         return bundle
 
 
-def _build_into(directory: Path, seed: int) -> None:
-    net = build_base_model(seed)
+def _build_into(directory: Path, build: Callable[[], PersonalizationNet]) -> None:
+    net = build()
     onnx_bytes = export_onnx(net)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.{secrets.token_hex(4)}.tmp")

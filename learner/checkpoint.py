@@ -18,21 +18,22 @@ refusal, or a learned release (the learner's new state, its plan, its actions). 
    devices apply idempotently: at-least-once delivery, exactly-once effect.
 3. **Kafka group offsets**, a mirror for lag dashboards only.
 
-Like ingestion's checkpoint, each step runs once, in order, and the object has a status
-(``open`` -> ``committed`` | ``failed``) checked on every method.
+The fence, the offset and the status are the backend's one checkpoint
+(:class:`backend.checkpoint.Checkpoint`); this class adds what the learner writes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
-from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select
+from sqlalchemy import Connection, Engine, Table, and_, select
 
-from learner.actions import AdapterAction, RoundPlan
+from backend.checkpoint import Checkpoint, CheckpointStatus
+from backend.errors import CheckpointError
+from learner.actions import AdapterAction
 from learner.artifacts import OutboxItem, Signer, plan_key
+from learner.errors import InvalidActionsError, StaleLearnerError
 from learner.intake import Refusal
 from learner.recorder import ActionRecorder
 from learner.registry import (
@@ -42,20 +43,9 @@ from learner.registry import (
     learner_releases,
     learner_state,
 )
-from learner.service_errors import (
-    CheckpointError,
-    InvalidActionsError,
-    OffsetFenceError,
-    StaleLearnerError,
-)
+from privacy.adapter_plan import AdapterPlan
 from privacy.errors import LocalProtocolError
 from privacy.wire import ReleasedAggregate
-
-
-class CheckpointStatus(StrEnum):
-    OPEN = "open"
-    COMMITTED = "committed"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,38 +55,39 @@ class Learned:
     release: ReleasedAggregate
     actions: list[AdapterAction]
     state: bytes
-    plan: RoundPlan
+    plan: AdapterPlan
     expected_revision: int | None  # the stored revision the learner was loaded at
 
 
-@dataclass
-class LearnerCheckpoint:
+@dataclass(kw_only=True)
+class LearnerCheckpoint(Checkpoint):
     """One record's pending result; :meth:`commit` makes it durable (see module docs)."""
 
     region: str
-    group_id: str
     topic: str
     partition: int
     offset: int
     now: datetime
-    status: CheckpointStatus = CheckpointStatus.OPEN
+    offsets: Table = learner_offsets
     learned: Learned | None = None
     refusal: Refusal | None = None
     outbox: list[OutboxItem] = field(default_factory=list)
     revision: int | None = None  # the cohort's new revision once committed
 
-    def _guard(self) -> None:
-        if self.status is not CheckpointStatus.OPEN:
-            raise CheckpointError(f"checkpoint is {self.status.value}, not open")
+    def __post_init__(self) -> None:
+        self.advance(self.topic, self.partition, self.offset)
+
+    def _guard_one(self) -> None:
+        self._guard()
         if self.learned is not None or self.refusal is not None:
             raise CheckpointError("a checkpoint holds exactly one record's result")
 
     def learn(self, learned: Learned) -> None:
-        self._guard()
+        self._guard_one()
         self.learned = learned
 
     def refuse(self, refusal: Refusal) -> None:
-        self._guard()
+        self._guard_one()
         self.refusal = refusal
 
     def commit(self, engine: Engine, signer: Signer) -> None:
@@ -106,36 +97,19 @@ class LearnerCheckpoint:
             self.refusal is None
         ):
             raise CheckpointError("commit needs an open checkpoint with one result")
+
+        def write(conn: Connection) -> None:
+            if self.learned is not None:
+                self._store_learned(conn, signer, self.learned)
+            else:
+                assert self.refusal is not None
+                self._store_refusal(conn, self.refusal)
+
         try:
-            with engine.begin() as conn:
-                stored = self._fence(conn)
-                if self.learned is not None:
-                    self._store_learned(conn, signer, self.learned)
-                else:
-                    assert self.refusal is not None
-                    self._store_refusal(conn, self.refusal)
-                self._store_offset(conn, stored)
+            self.commit_with(engine, write)
         except Exception:
-            self.status = CheckpointStatus.FAILED
             self.outbox = []
             raise
-        self.status = CheckpointStatus.COMMITTED
-
-    # -- 1a --------------------------------------------------------------------------------
-    def _offset_key(self) -> Any:
-        c = learner_offsets.c
-        return and_(c.group_id == self.group_id, c.topic == self.topic, c.partition == self.partition)
-
-    def _fence(self, conn: Connection) -> int | None:
-        stmt = select(learner_offsets.c.next_offset).where(self._offset_key())
-        if conn.dialect.name != "sqlite":
-            stmt = stmt.with_for_update()
-        value = conn.execute(stmt).scalar()
-        if value is not None and self.offset < value:
-            raise OffsetFenceError(
-                f"{self.topic}[{self.partition}]@{self.offset}: offsets up to {value} are durable"
-            )
-        return None if value is None else int(value)
 
     # -- 1b --------------------------------------------------------------------------------
     def _store_learned(self, conn: Connection, signer: Signer, learned: Learned) -> None:
@@ -202,17 +176,3 @@ class LearnerCheckpoint:
                 round=rel.round if rel else None, at=self.now,
             )
         )  # fmt: skip
-
-    # -- 1d --------------------------------------------------------------------------------
-    def _store_offset(self, conn: Connection, stored: int | None) -> None:
-        if stored is None:
-            conn.execute(
-                learner_offsets.insert().values(
-                    group_id=self.group_id, topic=self.topic, partition=self.partition,
-                    next_offset=self.offset + 1,
-                )
-            )  # fmt: skip
-        else:
-            conn.execute(
-                learner_offsets.update().where(self._offset_key()).values(next_offset=self.offset + 1)
-            )

@@ -3,7 +3,7 @@
 Per released round (:meth:`CohortLearner.learn_one`), in this order:
 
 1. ignore the release if its round was already applied (idempotent under redelivery);
-2. decode it with its :class:`~learner.contribution.ContributionLayout` and push the stats
+2. decode it with its :class:`~privacy.contribution.ContributionLayout` and push the stats
    block into the sliding :class:`~learner.window.StatsWindow`;
 3. read the evaluation blocks *under the plan that was in force for that round*: the shadow
    block feeds the candidate's gate (shadow -> canary), the rollout block feeds either the
@@ -28,14 +28,15 @@ import numpy as np
 from river import stats as river_stats
 from river import utils as river_utils
 
-from learner.actions import AdapterAction, AdapterStatus, RoundPlan
-from learner.adapter_format import LoRAWeights
-from learner.contribution import ContributionLayout, layout_named
+from learner.actions import AdapterAction
 from learner.fit import FitConfig, _net_digest, fit_adapter, reference_gram
 from learner.gate import PairedEvidence
 from learner.model import PersonalizationNet
 from learner.rollout import ACTION_KIND, Event, MonitorConfig, RegressionMonitor, transition
 from learner.window import RoundStats, StatsWindow
+from privacy.adapter_file import LoRAWeights
+from privacy.adapter_plan import AdapterPlan, AdapterStatus
+from privacy.contribution import ContributionLayout, layout_named
 from privacy.errors import LocalProtocolError
 from privacy.wire import ReleasedAggregate
 
@@ -170,11 +171,11 @@ class CohortLearner:
             out[f"rolling_{name}"] = float(roll.get() or 0.0)
         return out
 
-    def plan(self) -> RoundPlan:
+    def plan(self) -> AdapterPlan:
         """What devices do next round (a function of the state: call it any number of times)."""
         cand = self._versions.get(self._candidate) if self._candidate is not None else None
         canary = cand is not None and cand.status == S.CANARY
-        return RoundPlan(
+        return AdapterPlan(
             cohort=self.cohort,
             live_version=self._live,
             canary_version=cand.version if canary else None,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from learner.adapter_format import LoRAWeights
-from learner.dataset import StepArrays
 from learner.model import PersonalizationNet
+from privacy.adapter_file import LoRAWeights
+from privacy.features import StepArrays
 
 
 def fit_lora(

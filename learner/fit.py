@@ -25,10 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.adapter_format import LoRAWeights
-from learner.model import PersonalizationNet, base_training_data
-
-_GRAM_CACHE: dict[str, np.ndarray] = {}
+from learner.model import PersonalizationNet
+from privacy.adapter_file import LoRAWeights
 
 
 @dataclass(frozen=True)
@@ -51,15 +49,12 @@ def _net_digest(net: PersonalizationNet) -> str:
 
 
 def reference_gram(net: PersonalizationNet) -> np.ndarray:
-    """``E[h h^T]`` of the trunk features on the base's own (public, simulated) training data."""
-    key = _net_digest(net)
-    if key not in _GRAM_CACHE:
-        data = base_training_data()
-        with torch.no_grad():
-            h = net.features(torch.from_numpy(data.instruction), torch.from_numpy(data.context))
-        h64 = h.numpy().astype(np.float64)
-        _GRAM_CACHE[key] = h64.T @ h64 / len(h64)
-    return _GRAM_CACHE[key].copy()
+    """``E[h h^T]`` of the trunk features on the base's own (public, simulated) training data,
+    stored in the net when it was trained (:meth:`PersonalizationNet.set_reference_gram`)."""
+    gram = net.gram.detach().cpu().numpy().astype(np.float64)
+    if not gram.any():
+        raise ValueError("the base net carries no reference Gram; train it with train_base")
+    return gram.copy()
 
 
 def newton_target(

@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, select
 
-from ingestion.db import reading
-from learner.actions import AdapterAction, RoundPlan
+from backend.storage import reading
+from learner.actions import AdapterAction
 from learner.registry import learner_state
+from privacy.adapter_plan import AdapterPlan
 from privacy.wire import ReleasedAggregate
 
 
@@ -30,7 +31,7 @@ class CohortModel(Protocol):
 
     def learn_one(self, release: ReleasedAggregate) -> list[AdapterAction]: ...
 
-    def plan(self) -> RoundPlan: ...
+    def plan(self) -> AdapterPlan: ...
 
     def to_state(self) -> bytes: ...
 

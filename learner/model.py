@@ -17,8 +17,11 @@ initializers. ORT treats such inputs as overridable: with no adapter the zeros a
 model), and ``RunOptions.add_active_adapter`` feeds an adapter's parameters of the same names.
 The base model's identity is the SHA-256 of its ONNX bytes; every adapter manifest names it.
 
-Base weights are built here, deterministically: seeded training on simulated population data
-(:func:`build_base_model`), nothing downloaded. Bit-identical output is only promised for one
+Base weights are trained here, deterministically, on population-level data the composition root
+passes in (``deploy.simulation.base_model`` builds it from the simulator), nothing downloaded.
+The net also keeps the *reference Gram* ``E[h h^T]`` of its trunk features on that training data
+(a buffer, saved with the weights): the private learner's Newton step needs it, and keeping it
+in the model means no service has to see the training data again. Bit-identical output is only promised for one
 platform and torch version; adapters bind to the *hash* of the shipped bytes, not to the seed.
 """
 
@@ -35,11 +38,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from learner.adapter_format import LoRAWeights
-from learner.catalog import NUM_CANDIDATES
-from learner.dataset import StepArrays
-from learner.graph_io import INPUT_CONTEXT, INPUT_INSTRUCTION, LORA_A, LORA_B, OUTPUT_LOGITS
-from learner.simulator import Population
+from privacy.adapter_file import LoRAWeights
+from privacy.catalog import NUM_CANDIDATES
+from privacy.features import StepArrays
+from privacy.graph_io import INPUT_CONTEXT, INPUT_INSTRUCTION, LORA_A, LORA_B, OUTPUT_LOGITS
 from privacy.wire import EMBEDDING_DIM
 
 ONNX_OPSET = 17
@@ -73,6 +75,14 @@ class PersonalizationNet(nn.Module):
         self.config = config
         self.hidden = nn.Linear(2 * config.embed_dim, config.hidden)
         self.out = nn.Linear(config.hidden, config.num_candidates)
+        self.register_buffer("gram", torch.zeros(config.hidden, config.hidden, dtype=torch.float64))
+
+    def set_reference_gram(self, data: StepArrays) -> None:
+        """Store ``E[h h^T]`` of the trunk features on ``data`` (the base's training data)."""
+        with torch.no_grad():
+            h = self.features(torch.from_numpy(data.instruction), torch.from_numpy(data.context))
+        h64 = h.double()
+        self.gram.copy_(h64.T @ h64 / max(1, len(h64)))
 
     def features(self, instruction: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The hidden activations ``h`` the LoRA term reads."""
@@ -131,29 +141,8 @@ def train_base(
             loss.backward()
             opt.step()
     net.eval()
+    net.set_reference_gram(data)
     return net
-
-
-def base_population(seed: int = BASE_SEED) -> Population:
-    """The simulated population the base is trained on (disjoint seed from evaluations)."""
-    return Population(seed=seed, cohorts_per_region=4, devices_per_cohort=12)
-
-
-def base_training_data(seed: int = BASE_SEED, rounds: int = 2) -> StepArrays:
-    pop = base_population(seed)
-    return StepArrays.from_steps(
-        step
-        for device in pop.devices
-        for r in range(rounds)
-        for step in pop.steps_for_round(device, r)
-    )
-
-
-def build_base_model(
-    seed: int = BASE_SEED, config: ModelConfig = ModelConfig()
-) -> PersonalizationNet:
-    """The project's base model: population-level training, fully determined by ``seed``."""
-    return train_base(base_training_data(seed), config, seed=seed)
 
 
 def export_onnx(net: PersonalizationNet, lora_defaults: bool = True) -> bytes:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from learner.adapter_format import load_lora_adapter
-from learner.dataset import StepArrays, hit_at_k
-from learner.graph_io import INPUT_CONTEXT, INPUT_INSTRUCTION
+from privacy.adapter_file import load_lora_adapter
+from privacy.features import StepArrays, hit_at_k
+from privacy.graph_io import INPUT_CONTEXT, INPUT_INSTRUCTION
 
 
 def single_thread_session(onnx_bytes: bytes) -> ort.InferenceSession:

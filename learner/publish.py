@@ -4,7 +4,7 @@ Why: a learner should not have to know the adapter file format, the manifest's h
 the signing layout; it has ``A``, ``B``, a version and a key.
 
 >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
->>> from learner.adapter_format import LoRAWeights
+>>> from privacy.adapter_file import LoRAWeights
 >>> key = Ed25519PrivateKey.generate()
 >>> signed = ship_lora(LoRAWeights.zeros(4, 2, 3), base_model_sha256="0" * 64, version=1,
 ...                    region="eu", cohort="eu-c0", private_key=key)
@@ -19,8 +19,14 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from learner.adapter_format import LoRAWeights, adapter_to_bytes
-from learner.shipping import ALL_COHORTS, SignedAdapter, make_manifest, sign_artifact, verify
+from privacy.adapter_file import LoRAWeights, adapter_to_bytes
+from privacy.adapter_manifest import (
+    ALL_COHORTS,
+    SignedAdapter,
+    make_manifest,
+    sign_artifact,
+    verify,
+)
 
 __all__ = ["ship_lora", "verify"]
 

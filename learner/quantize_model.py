@@ -18,10 +18,10 @@ from pathlib import Path
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from learner.dataset import StepArrays
-from learner.graph_io import LORA_A, LORA_B
 from learner.model import PersonalizationNet, add_lora_defaults, export_onnx
 from learner.onnx_eval import onnx_hit_at_k
+from privacy.features import StepArrays
+from privacy.graph_io import LORA_A, LORA_B
 
 
 def quantize_int8(net: PersonalizationNet) -> bytes:

@@ -29,11 +29,12 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from learner.actions import AdapterAction, AdapterStatus
-from learner.adapter_format import LoRAWeights, adapter_from_bytes, adapter_to_bytes
+from learner.actions import AdapterAction
 from learner.artifacts import OutboxItem, Signer, release_key, rollback_key, rollout_for
 from learner.registry import adapter_events, adapter_versions
-from learner.shipping import SignedAdapter
+from privacy.adapter_file import LoRAWeights, adapter_from_bytes, adapter_to_bytes
+from privacy.adapter_manifest import SignedAdapter
+from privacy.adapter_plan import AdapterStatus
 from privacy.errors import LocalProtocolError
 from privacy.wire import ReleasedAggregate, b64d
 

@@ -47,8 +47,9 @@ from sqlalchemy import (
     select,
 )
 
-from ingestion import db
-from ingestion.db import make_engine, reading
+from backend import storage
+from backend.checkpoint import offsets_table
+from backend.storage import make_engine, reading
 
 VERSION_TABLE = "learner_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -103,7 +104,7 @@ learner_state = Table(
     Column("state", LargeBinary, nullable=False),
     Column("last_round", BigInteger, nullable=False),
     Column("revision", BigInteger, nullable=False),  # optimistic lock against a stale cache
-    Column("plan", JSON),  # the RoundPlan last put in the outbox
+    Column("plan", JSON),  # the AdapterPlan last put in the outbox
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("region", "cohort"),
 )
@@ -140,15 +141,7 @@ learner_refusals = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 
-learner_offsets = Table(
-    "learner_offsets",
-    metadata,
-    Column("group_id", String(255), nullable=False),
-    Column("topic", String(255), nullable=False),
-    Column("partition", Integer, nullable=False),
-    Column("next_offset", BigInteger, nullable=False),
-    PrimaryKeyConstraint("group_id", "topic", "partition"),
-)
+learner_offsets = offsets_table("learner_offsets", metadata)
 
 adapter_outbox = Table(
     "adapter_outbox",
@@ -168,14 +161,9 @@ adapter_outbox = Table(
 # --- migrations ---------------------------------------------------------------------------
 
 
-def alembic_config(url: str):  # type: ignore[no-untyped-def]
-    """Alembic config for the learner's migrations, found by path (no alembic.ini)."""
-    return db.alembic_config(url, MIGRATIONS_DIR)
-
-
 def migrate(url: str, engine: Engine | None = None) -> None:
     """Upgrade the learner's tables at ``url`` to head (idempotent; ingestion's untouched)."""
-    db.migrate(url, engine, MIGRATIONS_DIR)
+    storage.migrate(url, MIGRATIONS_DIR, engine)
 
 
 def open_registry(url: str) -> Engine:
@@ -281,3 +269,13 @@ def live_adapter(engine: Engine, region: str, cohort: str) -> AdapterRecord | No
     """The cohort's newest version whose status is ``live`` (None: devices run the base)."""
     live = [a for a in list_adapters(engine, region, cohort) if a.status == "live"]
     return live[-1] if live else None
+
+
+def adapter_gauges(engine: Engine, region: str) -> list[tuple[str, str, dict[str, str], float]]:
+    """The version of each cohort's adapter in each status (live, canary, shadow), at scrape time."""
+    out: list[tuple[str, str, dict[str, str], float]] = []
+    for rec in list_adapters(engine, region):
+        if rec.status in ("live", "canary", "shadow"):
+            labels = {"cohort": rec.cohort, "status": rec.status}
+            out.append(("sotto_adapter_version", "adapter version by status", labels, rec.version))
+    return out

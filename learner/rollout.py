@@ -27,8 +27,8 @@ from enum import StrEnum
 
 from river.drift import PageHinkley
 
-from learner.actions import AdapterStatus
 from learner.gate import PairedEvidence
+from privacy.adapter_plan import AdapterStatus
 from privacy.errors import LocalProtocolError
 
 S = AdapterStatus

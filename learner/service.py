@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,18 +29,19 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy import select
 
-from deploy import keystore
-from deploy.settings import SottoSettings
-from ingestion.db import reading
-from ingestion.durable_app import DurableConsumerApp, SeekFromDatabase
+from backend import keystore
+from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
+from backend.storage import reading
 from learner import adapter_topic
 from learner.artifacts import Signer
-from learner.base_bundle import base_model_bundle
+from learner.base_bundle import BaseBundle
 from learner.checkpoint import Learned, LearnerCheckpoint
+from learner.errors import InvalidActionsError
 from learner.host import LearnerCache, LearnerFactory, cohort_learner_factory
 from learner.intake import Refusal, RefuseReason, check_release
 from learner.registry import learner_offsets, learner_releases, open_registry
-from learner.service_errors import InvalidActionsError
+from learner.settings import LearnerSettings
+from privacy.policy import RegionPolicy
 from privacy.wire import ReleasedAggregate, utcnow
 
 log = structlog.get_logger(__name__)
@@ -83,25 +85,28 @@ class LearnerApp(DurableConsumerApp):
 
     def __init__(
         self,
-        settings: SottoSettings,
+        policy: RegionPolicy,
         region: str,
+        settings: LearnerSettings | None = None,
         *,
+        base: BaseBundle | Callable[[], BaseBundle],
         learner_factory: LearnerFactory | None = None,
         group_id: str | None = None,
         consumer_config: dict[str, Any] | None = None,
         create_topics: bool = True,
     ) -> None:
         super().__init__()
-        self.settings = settings
+        self.settings = settings = settings or LearnerSettings()
         self.region = region
-        self.config = settings.policy.region(region)
-        self.group_id = group_id or f"sotto-learn-{region}"
+        self.config = policy.region(region)
+        self.group_id = group_id or f"{settings.group_prefix}-{region}"
+        self._base = base
         self.topic = self.config.t.aggregates
         self.adapters_topic = self.config.t.adapters
         self.stats = LearnerStats()
         self._factory = learner_factory
         self._consumer_config = {
-            **CONSUMER_DEFAULTS, **settings.learner.consumer_config(), **(consumer_config or {})
+            **CONSUMER_DEFAULTS, **settings.consumer_config(), **(consumer_config or {})
         }
         self._create_topics = create_topics
         self._signer: Signer | None = None
@@ -119,11 +124,11 @@ class LearnerApp(DurableConsumerApp):
 
     def _start(self) -> None:
         self._engine = open_registry(self.config.database_url)
-        bundle = base_model_bundle(self.settings)
+        bundle = self._base() if callable(self._base) else self._base
         self._signer = Signer(
             self.region, bundle.sha256, keystore.load_or_create_signing_key(self.config.keyset_dir)
         )
-        factory = self._factory or cohort_learner_factory(bundle.net)
+        factory = self._factory or cohort_learner_factory(bundle.net, self.settings.policy())
         self._cache = LearnerCache(factory, self.region, self._engine)
         if self._create_topics:
             adapter_topic.ensure_topics(self.config)
@@ -170,7 +175,10 @@ class LearnerApp(DurableConsumerApp):
     ) -> bool:
         """Learn from (or refuse) one record and make the result durable. False if the
         checkpoint failed and the consumer was rewound to the durable offsets."""
-        cp = LearnerCheckpoint(self.region, self.group_id, topic, partition, offset, utcnow())
+        cp = LearnerCheckpoint(
+            region=self.region, group_id=self.group_id, topic=topic, partition=partition,
+            offset=offset, now=utcnow(),
+        )  # fmt: skip
         checked = check_release(key, value, self.region)
         if isinstance(checked, ReleasedAggregate):
             self._learn(cp, checked)
@@ -187,7 +195,10 @@ class LearnerApp(DurableConsumerApp):
                 self.cache.drop(release.cohort)
                 self._log.error("learner_actions_invalid", cohort=release.cohort,
                                 round=release.round, detail=str(exc)[:300])  # fmt: skip
-                cp = LearnerCheckpoint(self.region, self.group_id, topic, partition, offset, utcnow())
+                cp = LearnerCheckpoint(
+            region=self.region, group_id=self.group_id, topic=topic, partition=partition,
+            offset=offset, now=utcnow(),
+        )  # fmt: skip
                 cp.refuse(Refusal(RefuseReason.LEARNER_ERROR, f"invalid actions: {exc}"[:300], release))
                 cp.commit(self.engine, self._signer_or_fail())
         except Exception as exc:

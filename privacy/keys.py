@@ -1,7 +1,7 @@
 """HPKE key sets per region, with rotation: old keys decrypt, only the current one encrypts.
 
 A :class:`KeySet` is the public, shareable half (what devices need). Private keys are raw
-X25519 bytes handed in by the caller (``deploy.keystore`` reads them from disk); they are
+X25519 bytes handed in by the caller (``backend.keystore`` reads them from disk); they are
 wrapped in :class:`PrivateKey` whose ``repr`` never shows the secret.
 """
 

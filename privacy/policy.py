@@ -43,7 +43,7 @@ class Topics(BaseModel):
 
 
 class RegionConfig(BaseModel):
-    """One region's world. ``keyset_dir`` holds its HPKE key set (see ``deploy.keystore``)."""
+    """One region's world. ``keyset_dir`` holds its HPKE key set (see ``backend.keystore``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -20,11 +20,12 @@ Pure data, no I/O (like the rest of :mod:`privacy`).
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, model_validator
 
 from privacy import dp, quantize
+from privacy.adapter_plan import AdapterPlan
 from privacy.round import RoundPlan
 from privacy.secagg.messages import (
     AdvertiseKeys,
@@ -99,9 +100,9 @@ class RoundOpen(Frozen):
     """Announces one round to the cohort: its public parameters and who is in it.
 
     ``participants[cid]`` is the check-in token of the device that plays client ``cid``.
-    ``adapter_plan`` is the learner's current ``learner.actions.RoundPlan`` for the cohort
-    (as its JSON dict; privacy/ does not import learner/), so devices know what to
-    shadow-evaluate; absent when the learner has published none.
+    ``adapter_plan`` is the learner's current :class:`~privacy.adapter_plan.AdapterPlan` for the
+    cohort, so devices know what to run and shadow-evaluate; absent when the learner has
+    published none. A plan for another cohort makes the announcement invalid.
     """
 
     type: Literal["round_open"] = "round_open"
@@ -118,10 +119,12 @@ class RoundOpen(Frozen):
     delta: Annotated[float, Field(ge=0, lt=1)]
     participants: tuple[Annotated[str, Field(pattern=TOKEN_PATTERN)], ...]
     stage_timeout_s: Annotated[float, Field(gt=0)]
-    adapter_plan: dict[str, Any] | None = None
+    adapter_plan: AdapterPlan | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> RoundOpen:
+        if self.adapter_plan is not None and self.adapter_plan.cohort != self.cohort:
+            raise ValueError("adapter_plan is for another cohort")
         if self.params.round_id != round_id_for(self.region, self.cohort, self.round):
             raise ValueError("params.round_id does not match region, cohort and round")
         if len(self.participants) != self.params.n:

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from deploy.observability import serve_service
+from backend.observability import serve_service
 
 
 def test_metrics_and_health() -> None:
@@ -32,7 +32,7 @@ def test_metrics_and_health() -> None:
 
 
 def test_unhealthy_is_503() -> None:
-    from deploy.observability import MetricsServer
+    from backend.observability import MetricsServer
 
     with MetricsServer(0, lambda: {"ok": False}) as srv:
         with pytest.raises(urllib.error.HTTPError) as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from deploy import keystore
+from backend import keystore
 from deploy.bootstrap import init_deployment
 from deploy.cli import app
 from deploy.settings import (

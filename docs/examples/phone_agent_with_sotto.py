@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def trusted_key(keyset_dir: Path) -> Ed25519PublicKey:
     """The region's adapter-signing key; without one no adapter can verify, so the phone
     runs the base model only (a throwaway key whose private half is never kept)."""
-    from deploy.keystore import signing_public_key
+    from backend.keystore import signing_public_key
 
     try:
         return signing_public_key(keyset_dir)
@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # The base model every adapter of this deployment is bound to (built once, then cached;
     # a shipped app would bundle these bytes instead).
-    from learner.base_bundle import base_model_bundle
+    from deploy.simulation.base_model import deployment_base
 
-    base = base_model_bundle(settings)
+    base = deployment_base(settings.home)
     model = DeviceModel(
         base.onnx_bytes,
         trusted_key(Path(region.keyset_dir)),
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         sync_adapters(model, region.bootstrap_servers, region.t.adapters)
 
     data_dir = Path(settings.home) / "devices" / args.device_id
-    with EdgeDevice(args.device_id, args.region, args.cohort, settings, data_dir) as device:
+    with EdgeDevice(args.device_id, args.region, args.cohort, settings.policy, data_dir) as device:
         hint = PreferenceHint(
             model, device.context_embedding, min_score=args.min_score, lang=args.lang
         )

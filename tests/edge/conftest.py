@@ -10,7 +10,8 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from learner.model import PersonalizationNet, build_base_model, export_onnx
+from deploy.simulation.base_model import build_base_model
+from learner.model import PersonalizationNet, export_onnx
 
 torch.set_num_threads(1)
 

@@ -11,8 +11,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 
+from backend.keystore import load_keyset, load_private_keys, rotate
 from deploy.kafka_local import free_port
-from deploy.keystore import load_keyset, load_private_keys, rotate
 from deploy.settings import SottoSettings
 from edge_client.device import EdgeDevice
 from edge_client.outbox import Outbox
@@ -85,7 +85,7 @@ def test_round_arrives_on_home_topic_and_decrypts_with_home_key(
 ) -> None:
     eu = deployment.policy.region("eu")
     cn = deployment.policy.region("cn")
-    with EdgeDevice("phone-1", "eu", "cohort-a", deployment, tmp_path / "dev") as device:
+    with EdgeDevice("phone-1", "eu", "cohort-a", deployment.policy, tmp_path / "dev") as device:
         record_history(device)
         receipt = device.send_round(3, now=NOW)
         expected = device.build_summary(3, now=NOW)
@@ -117,7 +117,7 @@ def test_rotation_takes_effect_on_the_next_round(
     deployment: SottoSettings, topics: dict[str, str], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     eu = deployment.policy.region("eu")
-    with EdgeDevice("phone-1", "eu", "cohort-a", deployment, tmp_path / "dev") as device:
+    with EdgeDevice("phone-1", "eu", "cohort-a", deployment.policy, tmp_path / "dev") as device:
         record_history(device)
         first = device.send_round(1, now=NOW)
         new_key = rotate(eu.keyset_dir, "eu").current().key_id
@@ -141,7 +141,7 @@ def test_broker_outage_keeps_envelopes_pending_then_delivers(
     data_dir = tmp_path / "dev"
     offline = SottoSettings(home=deployment.home, kafka_bootstrap=f"127.0.0.1:{free_port()}")
     started = time.monotonic()
-    with EdgeDevice("phone-1", "eu", "cohort-a", offline, data_dir, timeout_s=1.0) as device:
+    with EdgeDevice("phone-1", "eu", "cohort-a", offline.policy, data_dir, timeout_s=1.0) as device:
         record_history(device)
         receipts = [device.send_round(r, now=NOW) for r in (5, 6)]
         assert device.flush() == 0
@@ -150,7 +150,7 @@ def test_broker_outage_keeps_envelopes_pending_then_delivers(
     assert not any(r.delivered for r in receipts)
 
     # process restart, network back: the same envelopes go out, none re-sealed
-    with EdgeDevice("phone-1", "eu", "cohort-a", deployment, data_dir) as device:
+    with EdgeDevice("phone-1", "eu", "cohort-a", deployment.policy, data_dir) as device:
         assert device.pending == 2
         assert device.flush() == 2
         assert device.pending == 0
@@ -166,12 +166,12 @@ def test_device_never_produces_to_another_region(
 ) -> None:
     cn_keyset = load_keyset(deployment.policy.region("cn").keyset_dir)
     with pytest.raises(ConfigError, match="key set of 'cn'"):
-        EdgeDevice("phone-1", "eu", "cohort-a", deployment, tmp_path / "x", keyset=cn_keyset)
+        EdgeDevice("phone-1", "eu", "cohort-a", deployment.policy, tmp_path / "x", keyset=cn_keyset)
     with pytest.raises(ConfigError, match="unknown region"):
-        EdgeDevice("phone-1", "us", "cohort-a", deployment, tmp_path / "y")
+        EdgeDevice("phone-1", "us", "cohort-a", deployment.policy, tmp_path / "y")
 
     eu_dir, cn_dir = tmp_path / "eu-phone", tmp_path / "cn-phone"
-    with EdgeDevice("eu-phone", "eu", "cohort-a", deployment, eu_dir) as eu_device:
+    with EdgeDevice("eu-phone", "eu", "cohort-a", deployment.policy, eu_dir) as eu_device:
         record_history(eu_device)
         assert eu_device.topic == topics["eu"]
         assert eu_device.send_round(1, now=NOW).delivered
@@ -180,7 +180,7 @@ def test_device_never_produces_to_another_region(
             box.put(b"stray", topics["cn"], b"cohort-a")
         assert eu_device.flush() == 0
         assert eu_device.pending == 1
-    with EdgeDevice("cn-phone", "cn", "cohort-b", deployment, cn_dir) as cn_device:
+    with EdgeDevice("cn-phone", "cn", "cohort-b", deployment.policy, cn_dir) as cn_device:
         record_history(cn_device)
         assert cn_device.send_round(1, now=NOW).delivered
 

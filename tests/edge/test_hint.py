@@ -22,14 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from deploy.bootstrap import init_deployment
 from edge_client.autoglm import personalize
 from edge_client.device import EdgeDevice
-from edge_client.embedding import embed_instruction
 from edge_client.hint import AppPreference, PreferenceHint, named_apps
 from edge_client.runtime import DeviceModel, Suggestion
 from edge_client.steps import AgentStep
-from learner.adapter_format import LoRAWeights
-from learner.catalog import candidate_index
 from learner.model import PersonalizationNet
 from learner.publish import ship_lora
+from privacy.adapter_file import LoRAWeights
+from privacy.catalog import candidate_index
+from privacy.embedding import embed_instruction
 from privacy.policy import RegionPolicy
 from privacy.wire import EMBEDDING_DIM
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edge_client.context_store import ContextStore
-from edge_client.embedding import EMBED_VERSION
 from edge_client.steps import ACTIONS, AgentStep
 from edge_client.summary import summarize
+from privacy.embedding import EMBED_VERSION
 from privacy.wire import EMBEDDING_DIM, RoundSummary
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)

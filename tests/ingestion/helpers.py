@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from deploy import keystore
+from backend import keystore
 from deploy.settings import SottoSettings
 from privacy.envelope import seal
 from privacy.wire import EMBEDDING_DIM, BehaviorCounts, DeadLetter, Envelope, RoundSummary

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from deploy import keystore
+from backend import keystore
 from deploy.settings import SottoSettings
 from ingestion.aggregates import aggregates
 from ingestion.audit import verify_chain
@@ -81,14 +81,14 @@ def test_bad_inputs_go_to_dlq_and_valid_ones_count(settings: SottoSettings) -> N
     cn_raw = seal_for(settings, "cn", random_summary(rng), "c", 3).to_bytes()
     cn_meta = produce(settings.kafka_bootstrap, cn.t.ingest, [cn_raw], partition=0)
 
-    with IngestionApp(settings, "eu", extra_topics=[cn.t.ingest]) as app:
+    with IngestionApp(settings.policy, "eu", settings.ingest, extra_topics=[cn.t.ingest]) as app:
         app.process_available(timeout_s=60)
         assert_matches(aggregates(app.engine, "eu"), truth)
         assert app.stats.accepted == truth.total
 
     # a replay across runs: the id is now durable in seen_messages
     replay_meta = produce(settings.kafka_bootstrap, eu.t.ingest, [replayed], partition=0)
-    with IngestionApp(settings, "eu") as app:
+    with IngestionApp(settings.policy, "eu", settings.ingest) as app:
         app.process_available(timeout_s=60)
         assert_matches(aggregates(app.engine, "eu"), truth)
         assert verify_chain(app.engine, "eu") == (True, None)

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from backend.storage import reading
 from deploy.settings import SottoSettings
 from ingestion.aggregates import aggregates
 from ingestion.audit import verify_chain
-from ingestion.db import audit_log, consumer_offsets, open_database, reading, seen_messages
+from ingestion.db import audit_log, consumer_offsets, open_database, seen_messages
 from privacy.wire import RejectReason
 from tests.ingestion.helpers import (
     Truth,
@@ -36,7 +37,7 @@ BAD_EVERY = 97
 
 def _command() -> list[str]:
     sotto = shutil.which("sotto", path=str(Path(sys.executable).parent))
-    return [sotto, "ingest"] if sotto else [sys.executable, "-m", "ingestion"]
+    return [sotto, "ingest"] if sotto else [sys.executable, "-m", "deploy", "ingest"]
 
 
 def _start(settings: SottoSettings, log: Path, *extra: str) -> subprocess.Popen[bytes]:

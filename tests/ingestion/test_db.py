@@ -7,7 +7,8 @@ from pathlib import Path
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from ingestion.db import MIGRATIONS_DIR, alembic_config, open_database
+from backend.storage import alembic_config
+from ingestion.db import MIGRATIONS_DIR, open_database
 
 
 def test_migrations_are_idempotent_and_found_by_path(tmp_path: Path) -> None:
@@ -17,7 +18,7 @@ def test_migrations_are_idempotent_and_found_by_path(tmp_path: Path) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {"consumer_offsets", "seen_messages", "aggregates", "audit_log"} <= tables
     with engine.connect() as conn:
-        head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+        head = ScriptDirectory.from_config(alembic_config(url, MIGRATIONS_DIR)).get_current_head()
         assert conn.execute(text("select version_num from alembic_version")).scalar() == head
     engine.dispose()
     # shipped inside the package: env.py, the template and the revisions are package files

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from sqlalchemy import delete, update
 
-from deploy import keystore
+from backend import keystore
+from backend.errors import OffsetFenceError
 from deploy.settings import SottoSettings
 from ingestion.aggregates import aggregates
 from ingestion.audit import verify_chain
-from ingestion.checkpoint import Checkpoint
+from ingestion.checkpoint import BatchCheckpoint
 from ingestion.db import audit_log, open_database
-from ingestion.errors import OffsetFenceError
 from ingestion.keyring import load_keyring
 from ingestion.service import IngestionApp
 from ingestion.validator import Accepted, Rejected, Validator
@@ -31,7 +31,7 @@ def test_rotate_then_retire_while_running(settings: SottoSettings) -> None:
     def sealed(key, rnd: int) -> bytes:  # type: ignore[no-untyped-def]
         return seal(random_summary(rng), key=key, cohort="k", round=rnd).to_bytes()
 
-    with IngestionApp(settings, "eu") as app:
+    with IngestionApp(settings.policy, "eu", settings.ingest) as app:
         produce(settings.kafka_bootstrap or "", eu.t.ingest, [sealed(old_key, 0)])
         app.process_available(timeout_s=60)
         assert app.stats.accepted == 1
@@ -66,7 +66,7 @@ def test_deleted_audit_row_breaks_the_chain(settings: SottoSettings) -> None:
     key = keystore.load_keyset(eu.keyset_dir).current()
     values = [seal(random_summary(rng), key=key, cohort="a", round=0).to_bytes() for _ in range(5)]
     produce(settings.kafka_bootstrap or "", eu.t.ingest, [*values, b"junk"], partition=0)
-    with IngestionApp(settings, "eu") as app:
+    with IngestionApp(settings.policy, "eu", settings.ingest) as app:
         app.process_available(timeout_s=60)
         assert verify_chain(app.engine, "eu") == (True, None)
         with app.engine.begin() as conn:
@@ -82,11 +82,11 @@ def test_checkpoint_refuses_offsets_that_go_backwards(settings: SottoSettings) -
     key = keystore.load_keyset(eu.keyset_dir).current()
     engine = open_database(eu.database_url)
 
-    def checkpoint(offset: int) -> Checkpoint:
+    def checkpoint(offset: int) -> BatchCheckpoint:
         raw = seal(random_summary(rng), key=key, cohort="f", round=0).to_bytes()
         verdict = validator.validate(raw, eu.t.ingest, 0, offset)
         assert isinstance(verdict, Accepted)
-        cp = Checkpoint(region="eu", group_id="g", dead_letter_topic=eu.t.dead_letter, now=utcnow())
+        cp = BatchCheckpoint(region="eu", group_id="g", dead_letter_topic=eu.t.dead_letter, now=utcnow())
         cp.accept(verdict, eu.t.ingest, 0, offset)
         return cp
 

@@ -27,7 +27,7 @@ def test_two_regions_aggregate_exactly(settings: SottoSettings) -> None:
         produce(settings.kafka_bootstrap, settings.policy.region(region).t.ingest, values)
 
     for region in ("eu", "cn"):
-        with IngestionApp(settings, region) as app:
+        with IngestionApp(settings.policy, region, settings.ingest) as app:
             app.process_available(timeout_s=60)
             assert app.stats.accepted == 300
             assert app.stats.rejected_total == 0

@@ -8,20 +8,21 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from deploy.simulation.cohort_channel import CohortFleet, StepCache
+from deploy.simulation.population import Drift, Population
 from edge_client.contribution import Trunk
 from edge_client.runtime import DeviceModel
-from learner.actions import AdapterAction, AdapterStatus
-from learner.adapter_format import LoRAWeights
-from learner.catalog import INTENT_APPS, candidate_id, candidate_index
+from learner.actions import AdapterAction
 from learner.cohort import CohortLearner, LearnerConfig
-from learner.dataset import StepArrays
 from learner.finetune import fit_lora
-from learner.fleet import CohortFleet, StepCache
 from learner.model import PersonalizationNet, model_sha256
 from learner.publish import ship_lora
-from learner.shipping import AdapterRejected
-from learner.simulator import Drift, Population
 from privacy import accountant
+from privacy.adapter_file import LoRAWeights
+from privacy.adapter_manifest import AdapterRejected
+from privacy.adapter_plan import AdapterStatus
+from privacy.catalog import INTENT_APPS, candidate_id, candidate_index
+from privacy.features import StepArrays
 
 COHORT = "cn-c0"
 DRIFT_ROUND = 4

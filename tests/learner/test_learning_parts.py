@@ -7,21 +7,21 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from deploy.simulation.population import Population
 from edge_client.contribution import Trunk, build_contribution, stats_block
 from edge_client.runtime import DeviceModel
-from learner.actions import AdapterStatus, RoundPlan
-from learner.adapter_format import LoRAWeights
-from learner.contribution import LAYOUT_V1
-from learner.dataset import StepArrays
 from learner.finetune import fit_lora
 from learner.fit import FitConfig, fit_adapter, newton_target, optimal_rank_r, reference_gram
 from learner.gate import PairedEvidence
 from learner.model import PersonalizationNet, model_sha256
 from learner.publish import ship_lora
 from learner.rollout import TRANSITIONS, Event, RegressionMonitor, transition
-from learner.simulator import Population
 from learner.window import RoundStats, StatsWindow
+from privacy.adapter_file import LoRAWeights
+from privacy.adapter_plan import AdapterPlan, AdapterStatus
+from privacy.contribution import LAYOUT_V1
 from privacy.errors import LocalProtocolError
+from privacy.features import StepArrays
 
 S = AdapterStatus
 
@@ -73,7 +73,7 @@ def test_device_model_shadow_path_equals_numpy_path(
     )  # fmt: skip
     device = DeviceModel(base_onnx, key.public_key(), "cn", "cn-c0", device_id="d1")
     device.stage(signed)
-    plan = RoundPlan(cohort="cn-c0", live_version=0, shadow_version=1)
+    plan = AdapterPlan(cohort="cn-c0", live_version=0, shadow_version=1)
     trunk = Trunk.from_onnx(base_onnx)
     via_ort = build_contribution(device, steps, plan, "d1", adapters={1: lora}, trunk=trunk)
     via_numpy = build_contribution(trunk, steps, plan, "d1", adapters={1: lora})

@@ -6,17 +6,17 @@ import numpy as np
 import onnx
 import pytest
 
-from learner.adapter_format import (
+from deploy.simulation.population import Population
+from learner.model import PersonalizationNet, export_onnx, model_sha256
+from learner.onnx_eval import onnx_scores
+from privacy.adapter_file import (
     LoRAWeights,
     adapter_from_bytes,
     adapter_to_bytes,
     zero_adapter,
 )
-from learner.dataset import StepArrays
-from learner.graph_io import LORA_A, LORA_B
-from learner.model import PersonalizationNet, export_onnx, model_sha256
-from learner.onnx_eval import onnx_scores
-from learner.simulator import Population
+from privacy.features import StepArrays
+from privacy.graph_io import LORA_A, LORA_B
 
 
 @pytest.fixture(scope="module")

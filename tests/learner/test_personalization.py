@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from deploy.simulation.population import Population
 from edge_client.runtime import DeviceModel
-from learner.dataset import StepArrays, hit_at_k
 from learner.finetune import fit_lora
 from learner.model import PersonalizationNet, model_sha256
 from learner.publish import ship_lora
-from learner.simulator import Population
+from privacy.features import StepArrays, hit_at_k
 
 COHORT = "cn-c1"
 

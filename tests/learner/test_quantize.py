@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from learner.adapter_format import adapter_to_bytes
-from learner.dataset import StepArrays
+from deploy.simulation.population import Population
 from learner.finetune import fit_lora
 from learner.model import PersonalizationNet
 from learner.onnx_eval import onnx_scores
 from learner.quantize_model import quantization_report, quantize_int8
-from learner.simulator import Population
+from privacy.adapter_file import adapter_to_bytes
+from privacy.features import StepArrays
 
 
 def test_int8_close_to_fp32_and_smaller(

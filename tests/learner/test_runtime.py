@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_client.embedding import combine, embed_step
 from edge_client.runtime import DeviceModel, in_canary
-from learner.adapter_format import LoRAWeights
 from learner.model import PersonalizationNet
 from learner.publish import ship_lora
-from learner.shipping import (
+from privacy.adapter_file import LoRAWeights
+from privacy.adapter_manifest import (
     AdapterRejected,
     AdapterRejectReason,
     SignedAdapter,
     make_manifest,
     sign_artifact,
 )
+from privacy.embedding import combine, embed_step
 from privacy.errors import LocalProtocolError, SottoError
 
 REGION, COHORT = "cn", "cn-c0"

@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from learner.catalog import INTENTS, apps_for
-from learner.simulator import Drift, Population
+from deploy.simulation.population import Drift, Population
+from privacy.catalog import INTENTS, apps_for
 
 
 def _fingerprint(pop: Population, rounds: range) -> list[tuple]:

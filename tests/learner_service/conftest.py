@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from deploy.settings import SottoSettings
-from learner.base_bundle import base_model_bundle, models_dir
+from deploy.simulation.base_model import deployment_base, models_dir
 
 torch.set_num_threads(1)
 
@@ -20,13 +20,13 @@ torch.set_num_threads(1)
 def built_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("models-home")
     settings = SottoSettings(home=home)
-    base_model_bundle(settings)
-    return models_dir(settings)
+    deployment_base(settings.home)
+    return models_dir(settings.home)
 
 
 @pytest.fixture
 def settings(deployment: SottoSettings, built_models: Path) -> SottoSettings:
-    target = models_dir(deployment)
+    target = models_dir(deployment.home)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(built_models, target)
     return deployment

@@ -24,10 +24,11 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from learner.actions import AdapterAction, AdapterStatus, RoundPlan
+from learner.actions import AdapterAction
 from learner.adapter_topic import partition_for
-from learner.catalog import NUM_CANDIDATES
 from learner.model import ModelConfig
+from privacy.adapter_plan import AdapterPlan, AdapterStatus
+from privacy.catalog import NUM_CANDIDATES
 from privacy.wire import ReleasedAggregate
 
 HIDDEN, RANK = ModelConfig().hidden, ModelConfig().rank
@@ -115,8 +116,8 @@ class CountingLearner:
         self._candidate = n
         return actions
 
-    def plan(self) -> RoundPlan:
-        return RoundPlan(
+    def plan(self) -> AdapterPlan:
+        return AdapterPlan(
             cohort=self.cohort, live_version=self._live, canary_version=self._canary,
             canary_fraction=0.5 if self._canary else 0.0, shadow_version=self._candidate,
         )  # fmt: skip

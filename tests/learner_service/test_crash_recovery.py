@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
+from backend.storage import reading
 from deploy.settings import SottoSettings
-from ingestion.db import reading
+from deploy.simulation.base_model import deployment_base, models_dir
 from learner import adapter_topic
-from learner.base_bundle import models_dir
 from learner.registry import (
     adapter_events,
     adapter_outbox,
@@ -49,7 +49,7 @@ def _start(settings: SottoSettings, group: str, log: Path, *extra: str) -> subpr
     }
     env.pop("SOTTO_CONFIG", None)
     cmd = [
-        sys.executable, "-m", "learner", "--region", "eu", "--group-id", group,
+        sys.executable, "-m", "deploy", "learn", "--region", "eu", "--group-id", group,
         "--learner-factory", "tests.learner_service.helpers:counting_factory", *extra,
     ]  # fmt: skip
     with open(log, "ab") as out:
@@ -72,7 +72,7 @@ def _reference_settings(settings: SottoSettings, tmp_path: Path) -> SottoSetting
     text = text.replace(f'"{eu.t.adapters}"', f'"{eu.t.adapters}-ref"')
     (home / "regions.toml").write_text(text)
     ref = SottoSettings(home=home, kafka_bootstrap=settings.kafka_bootstrap)
-    shutil.copytree(models_dir(settings), models_dir(ref))
+    shutil.copytree(models_dir(settings.home), models_dir(ref.home))
     return ref
 
 
@@ -143,7 +143,8 @@ def test_sigkill_mid_stream_learns_every_release_exactly_once(
 
     ref_settings = _reference_settings(settings, tmp_path)
     with LearnerApp(
-        ref_settings, "eu", learner_factory=counting_factory(0.0), group_id=f"{group}-ref"
+        ref_settings.policy, "eu", ref_settings.learner,
+        base=lambda: deployment_base(ref_settings.home), learner_factory=counting_factory(0.0), group_id=f"{group}-ref"
     ) as ref:
         ref.process_available(timeout_s=120)
         ref_snapshot = _snapshot(ref.engine)

@@ -10,18 +10,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaProducer
 
-from deploy import keystore
+from backend import keystore
 from deploy.settings import SottoSettings
+from deploy.simulation.base_model import deployment_base
 from edge_client.adapter_sync import AdapterFeed, Applied, Outcome, SyncStats, apply
 from edge_client.runtime import DeviceModel
 from learner import adapter_topic
-from learner.adapter_format import LoRAWeights
-from learner.base_bundle import base_model_bundle
 from learner.model import ModelConfig
 from learner.publish import ship_lora
 from learner.registry import list_adapters, live_adapter, open_registry
 from learner.service import LearnerApp
-from learner.shipping import SignedAdapter, key_id
+from privacy.adapter_file import LoRAWeights
+from privacy.adapter_manifest import SignedAdapter, key_id
 from privacy.wire import b64d, b64e
 from tests.learner_service.helpers import counting_factory, produce_releases, read_topic, release
 
@@ -30,14 +30,14 @@ pytestmark = [pytest.mark.kafka]
 
 def _learn(settings: SottoSettings, group: str, rounds: range) -> None:
     eu = settings.policy.region("eu")
-    with LearnerApp(settings, "eu", learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
         produce_releases(settings.kafka_bootstrap or "", eu.t.aggregates, [release("eu", "c0", r) for r in rounds])
         app.process_available(timeout_s=60)
 
 
 def _hostile_records(settings: SottoSettings) -> list[tuple[bytes | None, bytes | None]]:
     eu = settings.policy.region("eu")
-    sha = base_model_bundle(settings).sha256
+    sha = deployment_base(settings.home).sha256
     real_key = keystore.load_or_create_signing_key(eu.keyset_dir)
     attacker = Ed25519PrivateKey.generate()
     w = ModelConfig().zero_lora()
@@ -84,7 +84,7 @@ def test_forged_and_tampered_records_are_rejected_valid_ones_apply(
     producer.close()
     _learn(settings, group, range(4, 6))  # valid records keep flowing after the hostile ones
 
-    bundle = base_model_bundle(settings)
+    bundle = deployment_base(settings.home)
     device = DeviceModel(bundle.onnx_bytes, keystore.signing_public_key(eu.keyset_dir), "eu", "c0")
     stats = SyncStats()
     with AdapterFeed(boot, eu.t.adapters) as feed:
@@ -109,7 +109,7 @@ def test_rollback_and_withdrawal_reach_the_device(settings: SottoSettings, group
     later installs v1 directly; a withdrawn (rejected) candidate is discarded."""
     eu = settings.policy.region("eu")
     boot = settings.kafka_bootstrap or ""
-    bundle = base_model_bundle(settings)
+    bundle = deployment_base(settings.home)
     _learn(settings, group, range(0, 6))
     trusted = keystore.signing_public_key(eu.keyset_dir)
     early = DeviceModel(bundle.onnx_bytes, trusted, "eu", "c0")

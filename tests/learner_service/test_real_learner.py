@@ -9,18 +9,18 @@ from collections import defaultdict
 import pytest
 from sqlalchemy import select
 
-from deploy import keystore
+from backend import keystore
+from backend.storage import reading
 from deploy.settings import SottoSettings
+from deploy.simulation.base_model import deployment_base
+from deploy.simulation.cohort_channel import CohortFleet, StepCache
+from deploy.simulation.population import Population
 from edge_client.adapter_sync import AdapterFeed, SyncStats, apply
 from edge_client.contribution import Trunk
 from edge_client.runtime import DeviceModel
-from ingestion.db import reading
-from learner.base_bundle import base_model_bundle
 from learner.cohort import CohortLearner
-from learner.fleet import CohortFleet, StepCache
 from learner.registry import learner_state, list_adapters
 from learner.service import LearnerApp
-from learner.simulator import Population
 from privacy import accountant
 from privacy.wire import ReleasedAggregate
 from tests.learner_service.helpers import produce_releases
@@ -33,7 +33,7 @@ ROUNDS = 8
 
 def _closed_loop(settings: SottoSettings) -> tuple[CohortLearner, list[ReleasedAggregate], list]:
     """Releases as the round coordinator would produce them, under the learner's own plans."""
-    net = base_model_bundle(settings).net
+    net = deployment_base(settings.home).net
     cache = StepCache(Population(seed=11, regions=("eu",), cohorts_per_region=1, devices_per_cohort=120))
     fleet = CohortFleet(
         cache, COHORT, Trunk.from_net(net), noise_multiplier=accountant.calibrate(1.0, 1e-5), seed=1
@@ -54,7 +54,7 @@ def test_service_with_cohort_learner_matches_in_memory_run(settings: SottoSettin
     assert any(a.kind == "promote" for a in actions), "the run should get past shadow"
     eu = settings.policy.region("eu")
     boot = settings.kafka_bootstrap or ""
-    with LearnerApp(settings, "eu", group_id=group) as app:
+    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), group_id=group) as app:
         produce_releases(boot, eu.t.aggregates, releases)
         app.process_available(timeout_s=240)
         assert app.stats.learned == ROUNDS and app.stats.refused == {}
@@ -69,7 +69,7 @@ def test_service_with_cohort_learner_matches_in_memory_run(settings: SottoSettin
         last_status[a.version] = a.status.value
     assert {r.version: r.status for r in registry} == dict(last_status)  # v0: "retired" base
 
-    bundle = base_model_bundle(settings)
+    bundle = deployment_base(settings.home)
     device = DeviceModel(bundle.onnx_bytes, keystore.signing_public_key(eu.keyset_dir), "eu", COHORT)
     stats = SyncStats()
     with AdapterFeed(boot, eu.t.adapters) as feed:

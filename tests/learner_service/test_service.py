@@ -8,14 +8,13 @@ import pytest
 from kafka import KafkaAdminClient
 from sqlalchemy import select
 
-from deploy import keystore
+from backend import keystore
+from backend.storage import reading
 from deploy.settings import SottoSettings
+from deploy.simulation.base_model import deployment_base
 from edge_client.adapter_sync import AdapterFeed, Outcome, SyncStats, apply
 from edge_client.runtime import DeviceModel
-from ingestion.db import reading
-from learner.actions import RoundPlan
 from learner.adapter_topic import cleanup_policy, pending_count
-from learner.base_bundle import base_model_bundle
 from learner.registry import (
     adapter_history,
     learner_refusals,
@@ -26,7 +25,8 @@ from learner.registry import (
     live_adapter,
 )
 from learner.service import LearnerApp
-from learner.shipping import SignedAdapter
+from privacy.adapter_manifest import SignedAdapter
+from privacy.adapter_plan import AdapterPlan
 from tests.learner_service.helpers import counting_factory, produce_releases, read_topic, release
 
 pytestmark = [pytest.mark.kafka]
@@ -36,7 +36,7 @@ ROUNDS = 9
 
 
 def _run(settings: SottoSettings, group: str) -> LearnerApp:
-    with LearnerApp(settings, "eu", learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
         app.process_available(timeout_s=90)
         return app
 
@@ -44,7 +44,7 @@ def _run(settings: SottoSettings, group: str) -> LearnerApp:
 def test_releases_in_signed_adapters_out(settings: SottoSettings, group: str) -> None:
     eu = settings.policy.region("eu")
     boot = settings.kafka_bootstrap or ""
-    with LearnerApp(settings, "eu", learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
         produce_releases(boot, eu.t.aggregates, [release("eu", c, r) for r in range(ROUNDS) for c in COHORTS])
         app.process_available(timeout_s=90)
         engine = app.engine
@@ -68,13 +68,13 @@ def test_releases_in_signed_adapters_out(settings: SottoSettings, group: str) ->
         for _, _, key, value, headers in records:
             if headers["sotto-type"] == b"plan":
                 assert key is not None and key.startswith(b"plan|")
-                RoundPlan.model_validate_json(value or b"")
+                AdapterPlan.model_validate_json(value or b"")
             elif value is not None:
                 signed = SignedAdapter.from_bytes(value)
-                assert signed.manifest.base_model_sha256 == base_model_bundle(settings).sha256
+                assert signed.manifest.base_model_sha256 == deployment_base(settings.home).sha256
 
         # a device of c0 that reads the topic from the beginning ends on the registry's live one
-        bundle = base_model_bundle(settings)
+        bundle = deployment_base(settings.home)
         public = keystore.signing_public_key(eu.keyset_dir)
         follower = DeviceModel(bundle.onnx_bytes, public, "eu", "c0")  # no id: live only
         canary = DeviceModel(bundle.onnx_bytes, public, "eu", "c0", device_id="dev-7")
@@ -89,7 +89,7 @@ def test_releases_in_signed_adapters_out(settings: SottoSettings, group: str) ->
         assert stats.outcomes[Outcome.INSTALLED] > 0 and stats.outcomes[Outcome.OTHER_COHORT] > 0
         live = live_adapter(engine, "eu", "c0")
         assert follower.live_version == (live.version if live else 0)
-        last_plan = [i for i in items if isinstance(i, RoundPlan) and i.cohort == "c0"][-1]
+        last_plan = [i for i in items if isinstance(i, AdapterPlan) and i.cohort == "c0"][-1]
         assert follower.candidate_version == last_plan.shadow_version
         assert canary.live_version >= follower.live_version or canary.live_version == 0
 
@@ -99,7 +99,7 @@ def test_other_region_garbage_and_duplicates_are_refused(settings: SottoSettings
     boot = settings.kafka_bootstrap or ""
     foreign = release("cn", "c9", 0)
     good = release("eu", "c0", 0)
-    with LearnerApp(settings, "eu", learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
         produce_releases(
             boot,
             eu.t.aggregates,
@@ -176,7 +176,7 @@ def test_outbox_left_by_a_crash_is_published_on_restart(
         raise RuntimeError("adapters topic unreachable")
 
     monkeypatch.setattr(adapter_topic, "publish_pending", broker_unreachable)
-    with LearnerApp(settings, "eu", learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
         produce_releases(boot, eu.t.aggregates, [release("eu", "c0", r) for r in range(3)])
         app.process_available(timeout_s=60)
         assert app.stats.learned == 3 and app.stats.publish_failures >= 3
@@ -185,7 +185,7 @@ def test_outbox_left_by_a_crash_is_published_on_restart(
     assert read_topic(boot, eu.t.adapters) == []
 
     monkeypatch.setattr(adapter_topic, "publish_pending", real_publish)
-    with LearnerApp(settings, "eu", learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
         assert pending_count(app.engine, "eu") == 0
         assert app.stats.published == pending
         app.process_available(timeout_s=30)
@@ -198,7 +198,7 @@ def test_sigterm_equivalent_stop_finishes_the_record_in_hand(settings: SottoSett
     import threading
 
     eu = settings.policy.region("eu")
-    with LearnerApp(settings, "eu", learner_factory=counting_factory(0.2), group_id=group) as app:
+    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.2), group_id=group) as app:
         produce_releases(settings.kafka_bootstrap or "", eu.t.aggregates, [release("eu", "c0", r) for r in range(30)])
         timer = threading.Timer(3.0, app.stop)
         timer.start()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from deploy import keystore
+from backend import keystore
 from learner.artifacts import Signer
 
 

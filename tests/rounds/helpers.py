@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from edge_client.fleet import DeviceFleet
+from deploy.simulation.device_fleet import DeviceFleet
 from ingestion.round_service import RoundService
 from privacy.round_wire import RoundOpen
 

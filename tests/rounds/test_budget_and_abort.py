@@ -16,9 +16,10 @@ import dp_accounting.rdp
 import pytest
 from sqlalchemy import select
 
+from backend.storage import reading
 from deploy.settings import SottoSettings
-from edge_client.fleet import DeviceFleet
-from ingestion.db import audit_log, reading
+from deploy.simulation.device_fleet import DeviceFleet
+from ingestion.db import audit_log
 from ingestion.round_open import RoundSpec
 from ingestion.round_service import RoundService
 from ingestion.rounds_db import round_releases
@@ -57,7 +58,7 @@ def test_budget_refuses_before_announcing_and_report_matches_dp_accounting(
     spec = RoundSpec(layout="t", dim=DIM, clip=1.0, scale=100.0, epsilon=1.0, delta=1e-6)
     devices = {f"eu-b{i:02d}": "cb" for i in range(16)}
     with (
-        RoundService(settings, "eu", budget=budget, clock=clock) as svc,
+        RoundService(settings.policy, "eu", settings.ingest, budget=budget, clock=clock) as svc,
         DeviceFleet(settings.policy, "eu", devices, contribution(5, DIM), tmp_path) as fleet,
     ):
         fleet.checkin()
@@ -108,7 +109,7 @@ def test_round_below_threshold_aborts_and_releases_nothing(
     spec = RoundSpec(layout="t", dim=DIM, clip=1.0, scale=100.0, epsilon=1.0, delta=1e-6)
     drop = {"shares": set(ids[:7])}  # 5 of 12 share keys: below min_clients = 6
     with (
-        RoundService(settings, "cn", budget=Budget(epsilon=5, delta=1e-5), clock=clock) as svc,
+        RoundService(settings.policy, "cn", settings.ingest, budget=Budget(epsilon=5, delta=1e-5), clock=clock) as svc,
         DeviceFleet(
             settings.policy,
             "cn",

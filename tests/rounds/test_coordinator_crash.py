@@ -16,11 +16,12 @@ import pytest
 from kafka import KafkaProducer
 from sqlalchemy import func, select
 
+from backend.storage import reading
 from deploy.settings import SottoSettings
-from edge_client.fleet import DeviceFleet
+from deploy.simulation.device_fleet import DeviceFleet
 from ingestion.audit import verify_chain
 from ingestion.coordinator import RoundCoordinator
-from ingestion.db import audit_log, open_database, reading
+from ingestion.db import audit_log, open_database
 from ingestion.round_open import RoundSpec
 from ingestion.rounds_db import privacy_ledgers, round_checkins, round_releases, rounds
 from privacy.ledger import Budget
@@ -47,7 +48,7 @@ def _start(settings: SottoSettings, log: Path) -> subprocess.Popen[bytes]:
     env.pop("SOTTO_CONFIG", None)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "ingestion.round_service", "--region", "eu",
+            [sys.executable, "-m", "deploy", "ingest", "--coordinate", "--region", "eu",
              "--budget-epsilon", str(BUDGET.epsilon), "--budget-delta", str(BUDGET.delta)],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip

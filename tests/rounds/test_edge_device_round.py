@@ -16,7 +16,7 @@ from edge_client.round_client import RoundParticipant, adapter_plan, summary_con
 from edge_client.steps import AgentStep
 from ingestion.round_open import RoundSpec
 from ingestion.round_service import RoundService
-from learner.actions import RoundPlan
+from privacy.adapter_plan import AdapterPlan
 from privacy.ledger import Budget
 from privacy.quantize import clip_l2
 from privacy.round_wire import RoundOpen, parse_rounds_message
@@ -32,12 +32,12 @@ APPS = ("Spotify", "Maps", "WeChat", "Mail", "Camera")
 def test_edge_devices_contribute_their_summary(settings: SottoSettings, tmp_path: Path) -> None:
     clock, n, scale, clip = StepClock(), len(APPS), 512.0, 1.0
     eu = settings.policy.region("eu")
-    plan = RoundPlan(cohort="ce", live_version=3, shadow_version=4)
-    seen_plans: list[RoundPlan | None] = []
+    plan = AdapterPlan(cohort="ce", live_version=3, shadow_version=4)
+    seen_plans: list[AdapterPlan | None] = []
     vectors: list[np.ndarray] = []
-    with RoundService(settings, "eu", budget=Budget(epsilon=5, delta=1e-5), clock=clock) as svc:
+    with RoundService(settings.policy, "eu", settings.ingest, budget=Budget(epsilon=5, delta=1e-5), clock=clock) as svc:
         devices = [
-            EdgeDevice(f"phone-{i}", "eu", "ce", settings, tmp_path / f"p{i}") for i in range(n)
+            EdgeDevice(f"phone-{i}", "eu", "ce", settings.policy, tmp_path / f"p{i}") for i in range(n)
         ]
         parts = []
         for dev, app in zip(devices, APPS, strict=True):
@@ -65,7 +65,7 @@ def test_edge_devices_contribute_their_summary(settings: SottoSettings, tmp_path
                 svc.step(50)
             spec = RoundSpec(layout="summary.v1", dim=EMBEDDING_DIM, clip=clip, scale=scale,
                              epsilon=2.0, delta=1e-6)  # fmt: skip
-            res = svc.coordinator.open_round("ce", spec, adapter_plan=plan.model_dump(mode="json"))
+            res = svc.coordinator.open_round("ce", spec, adapter_plan=plan)
             while svc.coordinator.status(res.round_id) not in ("released", "aborted"):
                 for recs in consumer.poll(timeout_ms=50).values():
                     for rec in recs:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from deploy import keystore
+from backend import keystore
+from backend.storage import reading
 from deploy.settings import SottoSettings
-from ingestion.db import reading
 from ingestion.round_open import RoundSpec
 from ingestion.round_service import RoundService
 from ingestion.rounds_db import round_messages
@@ -35,7 +35,7 @@ def test_bad_protocol_messages_are_dead_lettered(settings: SottoSettings, tmp_pa
     eu = settings.policy.region("eu")
     key = keystore.load_keyset(eu.keyset_dir).current()
     spec = RoundSpec(layout="t", dim=4, clip=1.0, scale=100.0, epsilon=1.0, delta=1e-6)
-    with RoundService(settings, "eu", budget=Budget(epsilon=5, delta=1e-5),
+    with RoundService(settings.policy, "eu", settings.ingest, budget=Budget(epsilon=5, delta=1e-5),
                       clock=StepClock()) as svc:  # fmt: skip
         res = svc.coordinator.open_round(
             "cd", spec, participants=[secrets.token_hex(16) for _ in range(4)]

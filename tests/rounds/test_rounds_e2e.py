@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from backend.storage import reading
 from deploy.settings import SottoSettings
-from edge_client.fleet import DeviceFleet
+from deploy.simulation.device_fleet import DeviceFleet
 from ingestion.audit import verify_chain
 from ingestion.coordinator import released_total
-from ingestion.db import audit_log, reading
+from ingestion.db import audit_log
 from ingestion.round_open import RoundSpec
 from ingestion.round_service import RoundService
 from ingestion.rounds_db import round_releases, rounds
@@ -69,8 +70,8 @@ def test_two_regions_release_dp_sums_with_dropouts(settings: SottoSettings, tmp_
     spec = RoundSpec(layout="test.v1", dim=DIM, clip=CLIP, scale=SCALE, epsilon=1.0,
                      delta=1e-6, stage_timeout_s=30)  # fmt: skip
     with (
-        RoundService(settings, "eu", budget=BUDGET, clock=clock) as eu,
-        RoundService(settings, "cn", budget=BUDGET, clock=clock) as cn,
+        RoundService(settings.policy, "eu", settings.ingest, budget=BUDGET, clock=clock) as eu,
+        RoundService(settings.policy, "cn", settings.ingest, budget=BUDGET, clock=clock) as cn,
         _fleet(settings, "eu", tmp_path, drops["eu"]) as feu,
         _fleet(settings, "cn", tmp_path, drops["cn"]) as fcn,
     ):
@@ -141,7 +142,7 @@ def test_round_without_noise_is_exact_and_never_published(
     drop = {"masked": {"eu-x00"}, "unmask": {"eu-x01"}}
     spec = RoundSpec(layout="t", dim=DIM, clip=CLIP, scale=SCALE, epsilon=None, delta=None)
     with (
-        RoundService(settings, "eu", budget=BUDGET, clock=clock, allow_unnoised=True) as svc,
+        RoundService(settings.policy, "eu", settings.ingest, budget=BUDGET, clock=clock, allow_unnoised=True) as svc,
         DeviceFleet(
             settings.policy,
             "eu",

@@ -26,7 +26,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from sqlalchemy import Engine, Table, select
 
-from ingestion.db import reading
+from backend.storage import reading
 
 
 class SeekFromDatabase(ConsumerRebalanceListener):

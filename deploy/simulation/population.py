@@ -29,8 +29,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from edge_client.embedding import combine, embed_step
-from learner.catalog import INTENTS, apps_for, candidate_id
+from privacy.catalog import INTENTS, apps_for, candidate_id
+from privacy.embedding import combine, embed_step
 
 # Rounds are days; round 0 starts here (UTC).
 EPOCH = datetime(2025, 1, 6, tzinfo=UTC)

@@ -26,7 +26,7 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from deploy import keystore
+from backend import keystore
 from edge_client.outbox import Outbox
 from edge_client.producer import OutboxProducer
 from edge_client.round_client import STAGE_OF, KeptInput, OutboxTransport, RoundParticipant

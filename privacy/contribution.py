@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.catalog import NUM_CANDIDATES
+from privacy.catalog import NUM_CANDIDATES
 
 HIDDEN = 64  # the trunk width of learner.model.ModelConfig (kept torch-free here)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 
-from edge_client.embedding import embed_instruction
-from learner.catalog import candidate_index
-from learner.simulator import Step
+from privacy.catalog import candidate_index
+from privacy.embedding import embed_instruction
 from privacy.wire import EMBEDDING_DIM
 
 
@@ -31,6 +31,19 @@ def instruction_features(text: str) -> np.ndarray:
     return _instruction_vector(text)
 
 
+class LabelledStep(Protocol):
+    """What a step must offer to become a training or evaluation row."""
+
+    @property
+    def instruction(self) -> str: ...
+
+    @property
+    def context(self) -> np.ndarray: ...
+
+    @property
+    def candidate(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class StepArrays:
     """Model inputs and labels for a batch of steps: float32 ``[N, 128]`` twice, int64 ``[N]``."""
@@ -43,7 +56,7 @@ class StepArrays:
         return int(self.labels.shape[0])
 
     @classmethod
-    def from_steps(cls, steps: Iterable[Step]) -> StepArrays:
+    def from_steps(cls, steps: Iterable[LabelledStep]) -> StepArrays:
         steps = list(steps)
         if not steps:
             empty = np.zeros((0, EMBEDDING_DIM), dtype=np.float32)

@@ -28,7 +28,7 @@ from typing import TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from learner.graph_io import LORA_A, LORA_B
+from privacy.graph_io import LORA_A, LORA_B
 
 ADAPTER_SUFFIX = ".onnx_adapter"
 T = TypeVar("T")

@@ -2,7 +2,7 @@
 
 Why in the package (not only in tests): the tests, ``sotto bench quality`` and the docs'
 figures must run the *same* loop. Each round: devices build their contribution under the
-cohort's :class:`~learner.actions.RoundPlan` (:func:`edge_client.contribution.build_contribution`),
+cohort's :class:`~privacy.adapter_plan.AdapterPlan` (:func:`edge_client.contribution.build_contribution`),
 the channel releases the DP-noised sum as a :class:`~privacy.wire.ReleasedAggregate`, the
 learner turns it into actions, and the devices take the shipped weights.
 
@@ -27,13 +27,14 @@ from datetime import timedelta
 
 import numpy as np
 
+from deploy.simulation.population import EPOCH, Population
 from edge_client.contribution import Trunk, build_contribution
-from learner.actions import AdapterAction, RoundPlan
-from learner.adapter_format import LoRAWeights
-from learner.contribution import LAYOUT_V1, ContributionLayout
-from learner.dataset import StepArrays, hit_at_k
-from learner.simulator import EPOCH, Population
+from learner.actions import AdapterAction
 from privacy import accountant
+from privacy.adapter_file import LoRAWeights
+from privacy.adapter_plan import AdapterPlan
+from privacy.contribution import LAYOUT_V1, ContributionLayout
+from privacy.features import StepArrays, hit_at_k
 from privacy.rand import SeededRandomness
 from privacy.round import client_input, plan_round, release
 from privacy.secagg.simulate import run_round
@@ -121,7 +122,7 @@ class CohortFleet:
         """Make the devices run ``weights`` for ``version`` (a broken adapter in the field)."""
         self.adapters[version] = weights
 
-    def contributions(self, round_: int, plan: RoundPlan) -> list[np.ndarray]:
+    def contributions(self, round_: int, plan: AdapterPlan) -> list[np.ndarray]:
         return [
             build_contribution(
                 self.trunk, self.cache.train(d, round_), plan, d, adapters=self.adapters
@@ -132,7 +133,7 @@ class CohortFleet:
     # --- channel ---------------------------------------------------------------------------
 
     def release(
-        self, round_: int, plan: RoundPlan, *, channel: str = "gaussian"
+        self, round_: int, plan: AdapterPlan, *, channel: str = "gaussian"
     ) -> ReleasedAggregate:
         vectors = self.contributions(round_, plan)
         if channel == "gaussian":
