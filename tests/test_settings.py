@@ -127,8 +127,9 @@ def test_section_defaults_equal_the_code_they_configure(clean_env: Path) -> None
     assert s.rounds.budget().epsilon == s.rounds.budget_epsilon
     assert s.learner.consumer_config().items() <= CONSUMER_DEFAULTS.items()
     doc = (REPO / "docs" / "configuration.md").read_text()
-    for f in dataclasses.fields(LearnerConfig):  # the code-level knobs are all documented
-        assert f"| `{f.name}` |" in doc, f.name
+    assert s.learner.policy() == LearnerConfig()  # the policy settings default to the code's
+    for f in dataclasses.fields(LearnerConfig):  # every knob is a setting or documented code-level
+        assert f"| `learner.{f.name}` |" in doc or f"`{f.name}` =" in doc, f.name
 
 
 def test_config_show_reports_sources_and_round_trips(
@@ -163,10 +164,15 @@ def test_config_show_reports_sources_and_round_trips(
 def test_ingest_coordinate_takes_its_budget_from_settings(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ingestion.round_service
+    import deploy.services
 
-    calls: list[list[str]] = []
-    monkeypatch.setattr(ingestion.round_service, "main", lambda argv: calls.append(argv) or 0)
+    calls: list[tuple[float, float, int | None]] = []
+
+    def fake(settings, region, budget, metrics_port=None):  # type: ignore[no-untyped-def]
+        calls.append((budget.epsilon, budget.delta, metrics_port))
+        return deploy.services.IngestStats()
+
+    monkeypatch.setattr(deploy.services, "run_round_service", fake)
     monkeypatch.setenv("SOTTO_ROUNDS__BUDGET_EPSILON", "3.5")
     monkeypatch.setenv("SOTTO_INGEST__METRICS_PORT", "9101")
     runner = CliRunner()
@@ -175,11 +181,11 @@ def test_ingest_coordinate_takes_its_budget_from_settings(
         app, ["ingest", "--region", "eu", "--coordinate", "--budget-epsilon", "2",
               "--budget-delta", "1e-7", "--metrics-port", "9200"],
     ).exit_code == 0  # fmt: skip
-    first, second = ({a: b for a, b in zip(c[::2], c[1::2], strict=True)} for c in calls)
-    assert first["--budget-epsilon"] == "3.5" and float(first["--budget-delta"]) == 1e-5
-    assert first["--metrics-port"] == "9101"
-    assert float(second["--budget-epsilon"]) == 2.0 and float(second["--budget-delta"]) == 1e-7
-    assert second["--metrics-port"] == "9200"
+    first, second = calls
+    assert first[0] == 3.5 and first[1] == 1e-5
+    assert first[2] == 9101
+    assert second[0] == 2.0 and second[1] == 1e-7
+    assert second[2] == 9200
 
 
 def test_config_doc_update_needs_markers(tmp_path: Path) -> None:
