@@ -11,7 +11,7 @@ KAFKA_LIB := deploy/kafka/lib/.fetched
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	@touch $@
 
 $(KAFKA_LIB): deploy/kafka/pom.xml

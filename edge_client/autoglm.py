@@ -231,6 +231,7 @@ def personalize(
     config = getattr(agent, "agent_config", None)
     if where == "system_prompt" and not isinstance(getattr(config, "system_prompt", None), str):
         raise TypeError("where='system_prompt' needs agent.agent_config.system_prompt")
+    prompt_config: Any = config
     observer = AgentObserver(recorder, clock=clock, current_app=current_app, task_filter=hint.strip)
     observer.attach(agent)
     observed_run = agent.run
@@ -238,12 +239,12 @@ def personalize(
     def personalized_run(task: str, *args: Any, **kwargs: Any) -> Any:
         if where == "task":
             return observed_run(_hinted(hint.augment_task, task, task), *args, **kwargs)
-        base = config.system_prompt
-        config.system_prompt = _hinted(lambda t: hint.system_prompt(base, t), task, base)
+        base = prompt_config.system_prompt
+        prompt_config.system_prompt = _hinted(lambda t: hint.system_prompt(base, t), task, base)
         try:
             return observed_run(task, *args, **kwargs)
         finally:
-            config.system_prompt = base
+            prompt_config.system_prompt = base
 
     agent.run = personalized_run
     return observer

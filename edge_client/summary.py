@@ -30,7 +30,7 @@ def summarize(window: Sequence[WeightedStep]) -> RoundSummary:
     else:
         embedding = np.zeros(EMBEDDING_DIM, dtype=np.float32)
     outcomes = Counter(w.step.outcome for w in window)
-    actions = Counter(w.step.action for w in window)
+    actions: Counter[str] = Counter(w.step.action for w in window)
     counts = BehaviorCounts(
         steps=len(window),
         accepted=outcomes["accepted"],

@@ -28,6 +28,7 @@ from kafka import (
     TopicPartition,
 )
 
+from backend.retry import RetryPolicy
 from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
 from ingestion.checkpoint import BatchCheckpoint
 from ingestion.db import consumer_offsets, open_database
@@ -41,6 +42,7 @@ from privacy.policy import RegionPolicy
 from privacy.wire import utcnow
 
 log = structlog.get_logger(__name__)
+RETRY = RetryPolicy()  # checkpoint failures: re-read from the durable offset, back off
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable_auto_commit": False,
@@ -159,7 +161,7 @@ class IngestionApp(DurableConsumerApp):
                 records=sum(s.next - s.first for s in cp.spans.values()),
             )  # fmt: skip
             self.seek_to_durable(self._consumer.assignment() or partitions)
-            time.sleep(min(5.0, 0.2 * 2 ** min(self.stats.checkpoint_failures, 5)))
+            RETRY.sleep(self.stats.checkpoint_failures, self._stop)
             return
         self.stats.batches += 1
         self.stats.records += sum(s.next - s.first for s in cp.spans.values())

@@ -31,6 +31,7 @@ from sqlalchemy import select
 
 from backend import keystore
 from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
+from backend.retry import RetryPolicy
 from backend.storage import reading
 from learner import adapter_topic
 from learner.artifacts import Signer
@@ -45,6 +46,7 @@ from privacy.policy import RegionPolicy
 from privacy.wire import ReleasedAggregate, utcnow
 
 log = structlog.get_logger(__name__)
+RETRY = RetryPolicy()  # checkpoint failures: re-read from the durable offset, back off
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable_auto_commit": False,
@@ -247,7 +249,7 @@ class LearnerApp(DurableConsumerApp):
         consumer = self._consumer
         if consumer is not None:
             self.seek_to_durable(consumer.assignment() or [TopicPartition(cp.topic, cp.partition)])
-        time.sleep(min(5.0, 0.2 * 2 ** min(self.stats.checkpoint_failures, 5)))
+        RETRY.sleep(self.stats.checkpoint_failures, self._stop)
 
     def _after_commit(self, cp: LearnerCheckpoint) -> None:
         self.stats.records += 1

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION: Literal[1] = 1
 EMBEDDING_DIM = 128
 REGION_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"

@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field, model_validator
 from privacy import prg
 from privacy.wire import ID_PATTERN, Frozen, register_payload
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: Literal[1] = 1
 Cid = Annotated[int, Field(ge=0, lt=1 << 31)]
 RoundId = Annotated[str, Field(pattern=ID_PATTERN)]
 Key32 = Annotated[bytes, Field(min_length=32, max_length=32)]

@@ -44,7 +44,7 @@ class ServerState(StrEnum):
 C, S = Role.CLIENT, Role.SERVER
 CS, SS = ClientState, ServerState
 
-TRANSITIONS: dict[tuple[Role, str, str], str] = {
+TRANSITIONS: dict[tuple[Role, str, str], ClientState | ServerState] = {
     (C, CS.IDLE, "start"): CS.ADVERTISED,
     (C, CS.ADVERTISED, "secagg_neighbours"): CS.SHARED,
     (C, CS.SHARED, "secagg_forward"): CS.MASKED,
@@ -58,6 +58,7 @@ TRANSITIONS: dict[tuple[Role, str, str], str] = {
     (S, SS.COLLECT_UNMASK, "secagg_unmask_shares"): SS.COLLECT_UNMASK,
     (S, SS.COLLECT_UNMASK, "close"): SS.DONE,
 }
+_s: ClientState | ServerState
 for _s in (CS.IDLE, CS.ADVERTISED, CS.SHARED, CS.MASKED):
     TRANSITIONS[(C, _s, "abort")] = CS.ABORTED
 for _s in (SS.COLLECT_KEYS, SS.COLLECT_SHARES, SS.COLLECT_MASKED, SS.COLLECT_UNMASK):
