@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.sotto-installed
 KAFKA_LIB := deploy/kafka/lib/.fetched
 
-.PHONY: install kafka test demo lint bench clean
+.PHONY: install kafka check test demo lint bench clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,15 @@ install: $(INSTALLED)
 
 kafka: $(KAFKA_LIB)
 
-test: install kafka
+# Quality gates first (cheap), then the suite: lint, format, import contracts (the package
+# DAG), types of the device-side packages, then pytest (doctests of the library packages too).
+check: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy privacy edge_client
+
+test: install kafka check
 	$(PY) -m pytest -q
 
 demo: install kafka

@@ -2,7 +2,7 @@
 
 A service that must both change its database and tell Kafka about it (the round coordinator's
 announcements and releases, the learner's signed adapters and plans) writes the Kafka record
-into an outbox table **in the same transaction as the decision**. :meth:`Outbox.publish_pending`
+into an outbox table **in the same transaction as the decision**. :meth:`TransactionalOutbox.publish_pending`
 then produces every unpublished row in id order, flushes, marks the acknowledged rows published
 and raises :class:`~backend.errors.PublishError` if any send was not acknowledged (those rows stay
 pending and go out on the next call). A crash between produce and mark republishes the row on
@@ -45,7 +45,7 @@ class OutboundRecord:
 
 
 @dataclass(frozen=True)
-class Outbox:
+class TransactionalOutbox:
     """One owner's outbox table of one region.
 
     ``columns`` are selected from ``table`` (with ``id``) and each row goes through ``to_record``;

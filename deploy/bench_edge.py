@@ -42,7 +42,7 @@ from privacy.keys import KeyEntry, KeyStatus, PrivateKey
 from privacy.rand import SystemRandomness
 from privacy.round import client_input, plan_round
 from privacy.secagg.messages import MaskedInput
-from privacy.secagg.simulate import RoundStats, run_round
+from privacy.secagg.simulate import RoundCost, run_round
 from privacy.wire import b64e, utcnow
 
 
@@ -107,7 +107,7 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
         encoded = client_input(vec, rplan, rng)
         t_client = time.perf_counter() - t0
         others = {c: np.zeros(LAYOUT_V1.dim, dtype=np.int64) for c in range(1, n)}
-        stats = RoundStats()
+        stats = RoundCost()
         run_round(rplan.params, {0: encoded, **others}, stats=stats)
         secagg_s = sum(
             stats.client_seconds[0].get(k, 0.0) for k in ("advertise", "shares", "masked")

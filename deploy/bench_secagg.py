@@ -33,7 +33,7 @@ import numpy as np
 from privacy import quantize
 from privacy.rand import SystemRandomness
 from privacy.round import client_input, plan_round
-from privacy.secagg.simulate import RoundStats, run_round
+from privacy.secagg.simulate import RoundCost, run_round
 
 DROP_STAGES = {
     "masked": "after share exchange, instead of sending the masked input (server recovers "
@@ -59,7 +59,7 @@ def _ours(
         prep.append(time.perf_counter() - t1)
     n_drop = int(round(dropout * n))
     dropped = set(data.choice(n, size=n_drop, replace=False).tolist())
-    stats = RoundStats()
+    stats = RoundCost()
     t2 = time.perf_counter()
     result = run_round(plan.params, inputs, drop={drop_stage: dropped}, rng=rng, stats=stats)
     round_s = time.perf_counter() - t2

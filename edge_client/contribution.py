@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import onnx
@@ -28,17 +27,7 @@ from privacy.adapter_file import LoRAWeights
 from privacy.adapter_plan import AdapterPlan
 from privacy.catalog import NUM_CANDIDATES
 from privacy.contribution import LAYOUT_V1, ContributionLayout
-from privacy.features import StepArrays
-
-
-class LabelledStep(Protocol):
-    """A step whose outcome is known: what the user asked, their context, what they chose."""
-
-    instruction: str
-    context: np.ndarray
-
-    @property
-    def candidate(self) -> str: ...
+from privacy.features import LabelledStep, StepArrays
 
 
 @dataclass(frozen=True)

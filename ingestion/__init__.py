@@ -1,1 +1,37 @@
-"""Per-region ingestion: validate, decrypt, dedupe, dead-letter, aggregate, audit."""
+"""Per-region ingestion: validate, decrypt, dedupe, dead-letter, aggregate, audit; and the
+region's SecAgg+ round coordinator."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> defining module; resolved on first use (PEP 562), so importing one submodule
+# (say, the settings section) does not import the whole package (say, torch).
+_EXPORTS = {
+    "Accepted": "ingestion.validator",
+    "BatchCheckpoint": "ingestion.checkpoint",
+    "IngestSettings": "ingestion.settings",
+    "IngestStats": "ingestion.stats",
+    "IngestionApp": "ingestion.service",
+    "Rejected": "ingestion.validator",
+    "RoundCoordinator": "ingestion.coordinator",
+    "RoundService": "ingestion.round_service",
+    "RoundSpec": "ingestion.round_open",
+    "RoundsSettings": "ingestion.settings",
+    "Validator": "ingestion.validator",
+    "open_database": "ingestion.db",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,5 +1,5 @@
 """The coordinator's outbox rows: announcements, stage closes and releases, queued in the
-transaction that decided them and published by :class:`backend.outbox.Outbox`.
+transaction that decided them and published by :class:`backend.outbox.TransactionalOutbox`.
 
 Releases (key ``region|cohort|round``) go to their cohort's partition, so the learner reads a
 cohort's rounds in order; everything else uses the default partitioner. The rounds topic
@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from backend.outbox import OutboundRecord, Outbox
+from backend.outbox import OutboundRecord, TransactionalOutbox
 from ingestion.rounds_db import round_outbox
 
 
@@ -34,6 +34,6 @@ def _record(row: Row[Any]) -> OutboundRecord:
     return OutboundRecord(row.id, row.topic, row.key, row.value, cohort)
 
 
-def outbox(region: str) -> Outbox:
+def outbox(region: str) -> TransactionalOutbox:
     """The region's round outbox."""
-    return Outbox(round_outbox, region, ("topic", "key", "value"), _record, time.time)
+    return TransactionalOutbox(round_outbox, region, ("topic", "key", "value"), _record, time.time)

@@ -25,7 +25,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from sqlalchemy import Engine, Row
 
-from backend.outbox import OutboundRecord, Outbox
+from backend.outbox import OutboundRecord, TransactionalOutbox
 from learner.registry import adapter_outbox
 from privacy.policy import RegionConfig
 from privacy.wire import cohort_partition, utcnow
@@ -103,9 +103,9 @@ def _record(topic: str) -> Callable[[Row[Any]], OutboundRecord]:
     return record
 
 
-def outbox(region: str, topic: str) -> Outbox:
+def outbox(region: str, topic: str) -> TransactionalOutbox:
     """The learner's outbox of ``region``, published to the adapters ``topic``."""
-    return Outbox(
+    return TransactionalOutbox(
         adapter_outbox, region, ("cohort", "kind", "record_key", "value"), _record(topic), utcnow
     )
 
@@ -122,5 +122,5 @@ def publish_pending(
 
 
 def pending_count(engine: Engine, region: str) -> int:
-    """Outbox rows of ``region`` not yet acknowledged by the adapters topic."""
+    """TransactionalOutbox rows of ``region`` not yet acknowledged by the adapters topic."""
     return outbox(region, "").pending_count(engine)

@@ -61,7 +61,7 @@ def rollout_for(status: AdapterStatus, requested: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxItem:
+class ArtifactRecord:
     """One record for the adapters topic, waiting in ``adapter_outbox``."""
 
     cohort: str

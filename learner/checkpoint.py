@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, Table, and_, select
 from backend.checkpoint import Checkpoint, CheckpointStatus
 from backend.errors import CheckpointError
 from learner.actions import AdapterAction
-from learner.artifacts import OutboxItem, Signer, plan_key
+from learner.artifacts import ArtifactRecord, Signer, plan_key
 from learner.errors import InvalidActionsError, StaleLearnerError
 from learner.intake import Refusal
 from learner.recorder import ActionRecorder
@@ -71,7 +71,7 @@ class LearnerCheckpoint(Checkpoint):
     offsets: Table = learner_offsets
     learned: Learned | None = None
     refusal: Refusal | None = None
-    outbox: list[OutboxItem] = field(default_factory=list)
+    outbox: list[ArtifactRecord] = field(default_factory=list)
     revision: int | None = None  # the cohort's new revision once committed
 
     def __post_init__(self) -> None:
@@ -136,7 +136,7 @@ class LearnerCheckpoint(Checkpoint):
         plan = learned.plan.model_dump(mode="json")
         if row is None or row.plan != plan:
             self.outbox.append(
-                OutboxItem(rel.cohort, None, "plan", plan_key(rel.cohort), learned.plan.model_dump_json().encode())
+                ArtifactRecord(rel.cohort, None, "plan", plan_key(rel.cohort), learned.plan.model_dump_json().encode())
             )
         self.revision = (stored_revision or 0) + 1
         values = {

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from learner.actions import AdapterAction
-from learner.artifacts import OutboxItem, Signer, release_key, rollback_key, rollout_for
+from learner.artifacts import ArtifactRecord, Signer, release_key, rollback_key, rollout_for
 from learner.registry import adapter_events, adapter_versions
 from privacy.adapter_file import LoRAWeights, adapter_from_bytes, adapter_to_bytes
 from privacy.adapter_manifest import SignedAdapter
@@ -60,7 +60,7 @@ class ActionRecorder:
         self._signer = signer
         self._release = release
         self._now = now
-        self.outbox: list[OutboxItem] = []
+        self.outbox: list[ArtifactRecord] = []
 
     @property
     def region(self) -> str:
@@ -70,7 +70,7 @@ class ActionRecorder:
     def cohort(self) -> str:
         return self._release.cohort
 
-    def record(self, actions: list[AdapterAction]) -> list[OutboxItem]:
+    def record(self, actions: list[AdapterAction]) -> list[ArtifactRecord]:
         for action in actions:
             if action.region != self.region or action.cohort != self.cohort:
                 raise LocalProtocolError(
@@ -177,14 +177,14 @@ class ActionRecorder:
         )  # fmt: skip
         self._note_signed(version, signed)
         self.outbox.append(
-            OutboxItem(self.cohort, version, "release", release_key(self.cohort, version), signed.to_bytes())
+            ArtifactRecord(self.cohort, version, "release", release_key(self.cohort, version), signed.to_bytes())
         )
 
     def _withdraw(self, version: int) -> None:
         row = self._row(version)
         if row is not None and row.signature is not None:
             self.outbox.append(
-                OutboxItem(self.cohort, version, "tombstone", release_key(self.cohort, version), None)
+                ArtifactRecord(self.cohort, version, "tombstone", release_key(self.cohort, version), None)
             )
 
     def _rollback(self, action: AdapterAction) -> None:
@@ -222,7 +222,7 @@ class ActionRecorder:
             created_at=self._release.released_at,
         )  # fmt: skip
         self.outbox.append(
-            OutboxItem(self.cohort, target, "rollback", rollback_key(self.cohort, withdrawn), signed.to_bytes())
+            ArtifactRecord(self.cohort, target, "rollback", rollback_key(self.cohort, withdrawn), signed.to_bytes())
         )
 
     def _zero_like(self, version: int) -> bytes:

@@ -8,6 +8,7 @@ venv stays small. The pip cache makes the install cheap after the first run.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -37,9 +38,18 @@ def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("edge-venv") / "venv"
     venv.EnvBuilder(with_pip=True).create(root)
     py = root / "bin" / "python"
+    # Build from a copy of the tracked files: an in-tree build would leave build/ in the checkout.
+    source = root.parent / "source"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True
+    ).stdout.split(b"\0")
+    for name in filter(None, (t.decode() for t in tracked)):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     subprocess.run(
-        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO)],
+        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
         check=True, env=env, timeout=1200,
     )  # fmt: skip
     return root

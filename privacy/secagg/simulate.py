@@ -23,7 +23,7 @@ STAGES = ("advertise", "shares", "masked", "unmask")
 
 
 @dataclass
-class RoundStats:
+class RoundCost:
     """Per-client work and bytes, and server time per stage (perf_counter seconds)."""
 
     client_seconds: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -38,7 +38,7 @@ def run_round(
     drop: Mapping[str, set[int]] | None = None,
     rng: Randomness = DEFAULT_RANDOMNESS,
     client_rngs: Mapping[int, Randomness] | None = None,
-    stats: RoundStats | None = None,
+    stats: RoundCost | None = None,
 ) -> AggregateResult:
     """Run a full round; raises :class:`~privacy.secagg.server.RoundAborted` if it aborts.
 
@@ -46,7 +46,7 @@ def run_round(
     (one of :data:`STAGES`), and stay gone afterwards.
     """
     drop = drop or {}
-    st = stats if stats is not None else RoundStats()
+    st = stats if stats is not None else RoundCost()
     tick = time.perf_counter
     clients = {
         c: SecAggClient(params, c, v, (client_rngs or {}).get(c, rng)) for c, v in vectors.items()
