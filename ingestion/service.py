@@ -28,8 +28,8 @@ from kafka import (
     TopicPartition,
 )
 
-from backend.retry import RetryPolicy
 from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
+from backend.retry import RetryPolicy
 from ingestion.checkpoint import BatchCheckpoint
 from ingestion.db import consumer_offsets, open_database
 from ingestion.keyring import KeyWatcher

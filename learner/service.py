@@ -18,7 +18,6 @@ the durable offsets and retries.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
