@@ -7,7 +7,12 @@ they agree on everything around it, which lives here once:
   offsets table (written in the same transaction as the results), or at the beginning;
 - ``run`` loops until a stop event, ``stop()``, SIGTERM/SIGINT (which only set a flag, so the
   batch in hand is checkpointed first) or ``max_idle_s`` of assigned-but-nothing-to-read;
-- ``close`` releases consumer, producer and engine, whatever state they are in.
+- ``close`` releases consumer, producer and engine, whatever state they are in;
+- a failed batch (database or broker fault) is never skipped: :meth:`DurableConsumerApp.
+  failed` rewinds the batch's partitions to the database's offsets and backs off
+  (:mod:`backend.retry`); while the database cannot even be read for that rewind, nothing is
+  polled (:meth:`DurableConsumerApp.ready` stays false) and the service reports itself not
+  ready instead of exiting.
 
 Subclasses set ``_consumer``, ``_producer``, ``_engine``, ``_log``, ``stats``, ``group_id``
 and ``_offsets_table``, and implement :meth:`poll_once`.
@@ -26,7 +31,10 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from sqlalchemy import Engine, Table, select
 
+from backend.retry import RetryPolicy
 from backend.storage import reading
+
+RETRY = RetryPolicy()  # infrastructure faults: back off with jitter, retry forever
 
 
 class SeekFromDatabase(ConsumerRebalanceListener):
@@ -41,7 +49,10 @@ class SeekFromDatabase(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self._app.on_assigned()
-        self._app.seek_to_durable(assigned)
+        try:
+            self._app.seek_to_durable(assigned)
+        except Exception as exc:  # database away: do not read on from Kafka's positions
+            self._app.rewind(assigned, exc)
 
 
 class DurableConsumerApp:
@@ -56,6 +67,9 @@ class DurableConsumerApp:
         self._engine: Engine | None = None
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
+        self._rewind: list[Any] | None = None  # partitions to seek back before polling again
+        self.consecutive_failures = 0
+        self.last_failure: str | None = None  # exception type of the latest infrastructure fault
 
     # -- lifecycle --------------------------------------------------------------------------
     def __exit__(
@@ -129,6 +143,52 @@ class DurableConsumerApp:
             partitions={f"{tp.topic}[{tp.partition}]": stored.get((tp.topic, tp.partition), 0)
                         for tp in partitions},
         )  # fmt: skip
+
+    # -- infrastructure faults --------------------------------------------------------------
+    def rewind(self, partitions: Any, exc: BaseException | None = None) -> None:
+        """Seek ``partitions`` back to the durable offsets before the next poll."""
+        self._rewind = list(partitions)
+        if exc is not None:
+            self.last_failure = type(exc).__name__
+            self._log.warning("rewind_pending", error=type(exc).__name__)
+
+    def failed(self, exc: BaseException, partitions: Any, event: str = "batch_failed") -> None:
+        """A batch could not be made durable: report, rewind, back off. Nothing is skipped."""
+        self.consecutive_failures += 1
+        self.last_failure = type(exc).__name__
+        self._log.warning(
+            event, error=type(exc).__name__, detail=str(exc)[:300],
+            consecutive=self.consecutive_failures,
+        )  # fmt: skip
+        self.rewind(partitions)
+        RETRY.sleep(self.consecutive_failures, self._stop)
+
+    def succeeded(self) -> None:
+        self.consecutive_failures = 0
+        self.last_failure = None
+
+    def ready(self) -> bool:
+        """True when the consumer may poll: no rewind is pending (or it just succeeded)."""
+        if self._rewind is None:
+            return True
+        try:
+            self.seek_to_durable(self._rewind)
+        except Exception as exc:
+            self.consecutive_failures += 1
+            self.last_failure = type(exc).__name__
+            self._log.warning("rewind_failed", error=type(exc).__name__,
+                              consecutive=self.consecutive_failures)  # fmt: skip
+            RETRY.sleep(self.consecutive_failures, self._stop)
+            return False
+        self._rewind = None
+        return True
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the service is not ready right now (``None`` when it is)."""
+        if self._rewind is not None or self.consecutive_failures:
+            return f"retrying after {self.last_failure or 'a failure'}"
+        return None
 
     # -- the loop ---------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int | None = None) -> int:

@@ -56,10 +56,20 @@ def fold(items: Iterable[tuple[str, int, RoundSummary]]) -> dict[tuple[str, int]
 def apply(
     conn: Connection, region: str, deltas: dict[tuple[str, int], Delta], now: datetime
 ) -> None:
-    """Add ``deltas`` to the stored rows inside the caller's (write-locked) transaction."""
+    """Add ``deltas`` to the stored rows inside the caller's transaction.
+
+    Read-modify-write under a row lock (``SELECT ... FOR UPDATE`` on servers; SQLite's
+    transactions already hold the database write lock): replicas whose batches touch the same
+    (cohort, round) serialize instead of overwriting each other's sums. Rows are visited in key
+    order so concurrent batches lock in the same order. Two replicas inserting the same new row
+    collide on the primary key; the loser's transaction fails and its batch is retried, then
+    finds the row and adds to it.
+    """
+    lock = conn.dialect.name != "sqlite"
     for (cohort, rnd), d in sorted(deltas.items()):
         key = and_(table.c.region == region, table.c.cohort == cohort, table.c.round == rnd)
-        row = conn.execute(select(table).where(key)).first()
+        stmt = select(table).where(key)
+        row = conn.execute(stmt.with_for_update() if lock else stmt).first()
         if row is None:
             conn.execute(
                 table.insert().values(

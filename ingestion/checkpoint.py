@@ -22,6 +22,7 @@ what ingestion writes in the transaction and the dead letters it produces before
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -37,6 +38,10 @@ from ingestion.validator import Accepted, Rejected
 from privacy.wire import DeadLetter, RejectReason
 
 
+class DeadLetterError(CheckpointError):
+    """The DLQ did not acknowledge every dead letter of a batch (the batch is retried)."""
+
+
 @dataclass(kw_only=True)
 class BatchCheckpoint(Checkpoint):
     """One batch's pending results; :meth:`commit` makes them durable (see module docs)."""
@@ -45,8 +50,10 @@ class BatchCheckpoint(Checkpoint):
     dead_letter_topic: str
     now: datetime
     offsets: Table = consumer_offsets
+    dead_letter_max_bytes: int = 256 * 1024
     accepted: list[tuple[Accepted, str, int, int]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # to produce
+    produced: list[DeadLetter] = field(default_factory=list)  # acked by the DLQ in an earlier try
     events: list[AuditEvent] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -64,22 +71,35 @@ class BatchCheckpoint(Checkpoint):
         )  # fmt: skip
 
     def reject(
-        self, verdict: Rejected, raw: bytes, topic: str, partition: int, offset: int
+        self,
+        verdict: Rejected,
+        raw: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        already_produced: bool = False,
     ) -> None:
+        """Dead-letter one record. ``raw`` is ``None`` for a tombstone (it stays one);
+        ``already_produced`` means an earlier try of this batch got it acknowledged by the DLQ
+        (it is audited and its offset stored, not produced again)."""
         self.advance(topic, partition, offset)
-        detail, original = verdict.detail, raw
+        detail, withhold = verdict.detail, False
         if verdict.reason is RejectReason.TOPIC_REGION_MISMATCH:
             # Another region's record must not be copied into this region: the dead letter
             # keeps the reason and the source coordinates (the original stays, untouched, on
-            # its own region's topic, so nothing is lost), never the bytes.
-            detail, original = f"{detail}; original withheld (another region's data)", b""
-        self.dead_letters.append(
-            DeadLetter(
-                reason=verdict.reason, detail=detail, region=self.region,
-                source_topic=topic, source_partition=partition, source_offset=offset,
-                rejected_at=self.now, original=original,
-            )
+            # its own region's topic, so nothing is lost), never the bytes, key or headers.
+            detail, withhold = f"{detail}; original withheld (another region's data)", True
+        dl = DeadLetter.of(
+            value=raw, max_bytes=self.dead_letter_max_bytes, withhold=withhold,
+            reason=verdict.reason, detail=detail, region=self.region,
+            source_topic=topic, source_partition=partition, source_offset=offset,
+            rejected_at=self.now, original_key=None if withhold else key,
+            original_headers=() if withhold else tuple((k, bytes(v or b"")) for k, v in headers),
         )  # fmt: skip
+        (self.produced if already_produced else self.dead_letters).append(dl)
         env = verdict.envelope
         self.events.append(
             AuditEvent(
@@ -97,17 +117,30 @@ class BatchCheckpoint(Checkpoint):
         engine: Engine,
         consumer: KafkaConsumer | None = None,
         flush_timeout_s: float = 30.0,
+        on_dead_lettered: Callable[[set[tuple[str, int, int]]], None] | None = None,
     ) -> None:
-        """Dead letters, then the one transaction, then the Kafka mirror (see module docs)."""
-        self.commit_with(
-            engine, self._write, before=lambda: self._produce_dead_letters(producer, flush_timeout_s)
-        )
+        """Dead letters, then the one transaction, then the Kafka mirror (see module docs).
+
+        ``on_dead_lettered`` hears the coordinates the DLQ acknowledged, even when the
+        transaction then fails, so the retry does not produce them again."""
+
+        def before() -> None:
+            acked, error = self._produce_dead_letters(producer, flush_timeout_s)
+            if on_dead_lettered is not None and acked:
+                on_dead_lettered(acked)
+            if error is not None:
+                raise DeadLetterError(error)
+
+        self.commit_with(engine, self._write, before=before)
         if consumer is not None:
             self.mirror_offsets(consumer)
 
-    def _produce_dead_letters(self, producer: KafkaProducer, timeout_s: float) -> None:
+    def _produce_dead_letters(
+        self, producer: KafkaProducer, timeout_s: float
+    ) -> tuple[set[tuple[str, int, int]], str | None]:
+        """Produce and flush; the coordinates acknowledged and, if some were not, why."""
         if not self.dead_letters:
-            return
+            return set(), None
         futures = [
             producer.send(
                 self.dead_letter_topic,
@@ -118,9 +151,16 @@ class BatchCheckpoint(Checkpoint):
             for dl in self.dead_letters
         ]
         producer.flush(timeout=timeout_s)
-        for fut in futures:
-            if not fut.is_done or fut.failed():
-                raise CheckpointError(f"dead letter not acknowledged: {fut.exception!r}")
+        acked = {
+            (dl.source_topic, dl.source_partition, dl.source_offset)
+            for dl, fut in zip(self.dead_letters, futures, strict=True)
+            if fut.is_done and not fut.failed()
+        }
+        if len(acked) == len(futures):
+            return acked, None
+        failed = next(f for f in futures if not f.is_done or f.failed())
+        error = type(failed.exception).__name__ if failed.is_done else "timeout"
+        return acked, f"{len(futures) - len(acked)} dead letter(s) not acknowledged ({error})"
 
     def _write(self, conn: Connection) -> None:
         if self.accepted:

@@ -9,7 +9,7 @@ the second pass sees the id and rejects it as a replay.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -31,7 +31,9 @@ class RecordLike(Protocol):
     topic: str
     partition: int
     offset: int
+    key: bytes | None
     value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
 
 
 def seen_before(engine: Engine, region: str, msg_ids: Sequence[str]) -> set[str]:
@@ -56,8 +58,13 @@ def build_checkpoint(
     group_id: str,
     dead_letter_topic: str,
     now: datetime,
+    already_dead_lettered: Collection[tuple[str, int, int]] = (),
+    dead_letter_max_bytes: int = 256 * 1024,
 ) -> BatchCheckpoint:
-    """Validate ``records`` (in partition, offset order) into a checkpoint ready to commit."""
+    """Validate ``records`` (in partition, offset order) into a checkpoint ready to commit.
+
+    ``already_dead_lettered`` are coordinates an earlier try of this batch got acknowledged by
+    the DLQ: they are decided again (the same way) but not produced twice."""
     region = validator.region
     decided: list[tuple[RecordLike, bytes, Accepted | Rejected]] = []
     for rec in records:
@@ -66,10 +73,13 @@ def build_checkpoint(
     durable = seen_before(
         engine, region, [v.envelope.msg_id for _, _, v in decided if isinstance(v, Accepted)]
     )
-    cp = BatchCheckpoint(region=region, group_id=group_id, dead_letter_topic=dead_letter_topic, now=now)
+    cp = BatchCheckpoint(
+        region=region, group_id=group_id, dead_letter_topic=dead_letter_topic, now=now,
+        dead_letter_max_bytes=dead_letter_max_bytes,
+    )  # fmt: skip
     decided = round_sink.screen_verdicts(engine, region, decided, durable)
     in_batch: set[str] = set()
-    for rec, raw, verdict in decided:
+    for rec, _raw, verdict in decided:
         if isinstance(verdict, Accepted):
             msg_id = verdict.envelope.msg_id
             if msg_id in durable or msg_id in in_batch:
@@ -83,5 +93,9 @@ def build_checkpoint(
         if isinstance(verdict, Accepted):
             cp.accept(verdict, rec.topic, rec.partition, rec.offset)
         else:
-            cp.reject(verdict, raw, rec.topic, rec.partition, rec.offset)
+            cp.reject(
+                verdict, rec.value, rec.topic, rec.partition, rec.offset,
+                key=rec.key, headers=rec.headers or (),
+                already_produced=(rec.topic, rec.partition, rec.offset) in already_dead_lettered,
+            )  # fmt: skip
     return cp

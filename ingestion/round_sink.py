@@ -96,6 +96,9 @@ def _stored_tokens(engine: Engine, region: str, tokens: set[str]) -> set[tuple[s
         return {(r.cohort, r.token) for r in conn.execute(stmt)}
 
 
+INTERNAL = RejectReason.INTERNAL_ERROR.value
+
+
 def screen(engine: Engine, region: str, items: Sequence[Routed]) -> list[str | None]:
     """For each item, ``None`` (store it) or why it is a protocol violation (dead-letter it)."""
     protocol = [r for r in items if r.payload.type in CLIENT_PAYLOADS]  # type: ignore[attr-defined]
@@ -117,7 +120,11 @@ def screen(engine: Engine, region: str, items: Sequence[Routed]) -> list[str | N
             )
             seen_tokens.add(key)
             continue
-        out.append(_screen_one(region, env, p, views, stored | seen))
+        try:
+            out.append(_screen_one(region, env, p, views, stored | seen))
+        except Exception as exc:  # one record's content must not stop the batch
+            out.append(f"{INTERNAL}: {type(exc).__name__} while screening")
+            continue
         if out[-1] is None:
             seen.add((p.round_id, p.type, p.sender))  # type: ignore[attr-defined]
     return out
@@ -138,7 +145,8 @@ def screen_verdicts(
     for i, reason in zip(idx, reasons, strict=True):
         if reason is not None:
             rec, raw, v = out[i]
-            out[i] = (rec, raw, Rejected(RejectReason.PROTOCOL, reason, v.envelope))
+            why = RejectReason.INTERNAL_ERROR if reason.startswith(INTERNAL) else RejectReason.PROTOCOL
+            out[i] = (rec, raw, Rejected(why, reason, v.envelope))
     return out
 
 

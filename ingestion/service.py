@@ -17,6 +17,7 @@ Bad input never raises: it becomes a dead letter and an audit row. Infrastructur
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,8 +30,7 @@ from kafka import (
 )
 
 from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
-from backend.retry import RetryPolicy
-from ingestion.checkpoint import BatchCheckpoint
+from ingestion.checkpoint import BatchCheckpoint, DeadLetterError
 from ingestion.db import consumer_offsets, open_database
 from ingestion.keyring import KeyWatcher
 from ingestion.processor import build_checkpoint
@@ -42,7 +42,6 @@ from privacy.policy import RegionPolicy
 from privacy.wire import utcnow
 
 log = structlog.get_logger(__name__)
-RETRY = RetryPolicy()  # checkpoint failures: re-read from the durable offset, back off
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable_auto_commit": False,
@@ -85,6 +84,9 @@ class IngestionApp(DurableConsumerApp):
         self._consumer_config = {**CONSUMER_DEFAULTS, **(consumer_config or {})}
         self._create_topics = create_topics
         self._keys = KeyWatcher(policy, region)
+        # (topic, partition, offset) of dead letters the DLQ acknowledged whose batch is not
+        # durable yet: a retried batch does not dead-letter them again
+        self._dead_lettered: set[tuple[str, int, int]] = set()
         self._validator = self._new_validator()
         self._log = log.bind(region=region, group=self.group_id)
 
@@ -94,10 +96,7 @@ class IngestionApp(DurableConsumerApp):
         self._engine = open_database(self.config.database_url)
         if self._create_topics:
             self.ensure_topics()
-        self._producer = KafkaProducer(
-            bootstrap_servers=servers, acks="all", linger_ms=5,
-            client_id=f"sotto-ingest-dlq-{self.region}",
-        )  # fmt: skip
+        self._producer = self._dlq_producer()
         ingest = self.settings
         config: dict[str, Any] = {
             "max_poll_records": ingest.batch_max_records,
@@ -115,6 +114,26 @@ class IngestionApp(DurableConsumerApp):
         self._consumer.subscribe(self.topics, listener=SeekFromDatabase(self))
         self._log.info("ingestion_started", topics=self.topics)
         return self
+
+    def _dlq_producer(self) -> KafkaProducer:
+        """The DLQ producer. Its request limit admits the largest dead letter a checkpoint
+        produces (originals are truncated to ``dead_letter_max_bytes``, with a digest)."""
+        return KafkaProducer(
+            bootstrap_servers=self.config.bootstrap_servers, acks="all", linger_ms=5,
+            max_request_size=self.settings.dead_letter_max_bytes + 64 * 1024,
+            client_id=f"sotto-ingest-dlq-{self.region}",
+        )  # fmt: skip
+
+    def _rebuild_dlq_producer(self) -> None:
+        """A producer that saw a fatal error stays broken; replace it before the retry."""
+        old, self._producer = self._producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close(timeout=5)
+        try:
+            self._producer = self._dlq_producer()
+        except Exception as exc:  # broker away: the next retry builds it again
+            self._log.warning("dlq_producer_rebuild_failed", error=type(exc).__name__)
 
     def ensure_topics(self) -> None:
         """Create the region's topics that do not exist yet (partitions from the policy)."""
@@ -134,6 +153,8 @@ class IngestionApp(DurableConsumerApp):
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("IngestionApp is not started; use it as a context manager")
+        if not self.ready():
+            return 0
         timeout = self.settings.poll_timeout_ms if timeout_ms is None else timeout_ms
         batch = consumer.poll(timeout_ms=timeout)
         if not batch:
@@ -143,31 +164,48 @@ class IngestionApp(DurableConsumerApp):
         if self._keys.changed():
             self._validator = self._new_validator()
         records = [r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]]
-        cp = build_checkpoint(
-            records, validator=self._validator, engine=self.engine, group_id=self.group_id,
-            dead_letter_topic=self.config.t.dead_letter, now=utcnow(),
-        )  # fmt: skip
+        try:  # the validator never raises; what can fail here is the database (replay lookup)
+            cp = build_checkpoint(
+                records, validator=self._validator, engine=self.engine, group_id=self.group_id,
+                dead_letter_topic=self.config.t.dead_letter, now=utcnow(),
+                already_dead_lettered=self._dead_lettered,
+                dead_letter_max_bytes=self.settings.dead_letter_max_bytes,
+            )  # fmt: skip
+        except Exception as exc:
+            self.stats.checkpoint_failures += 1
+            self.failed(exc, consumer.assignment() or list(batch), "batch_judging_failed")
+            return 0
         self._commit(cp, list(batch))
         return len(records)
 
     def _commit(self, cp: BatchCheckpoint, partitions: list[TopicPartition]) -> None:
-        assert self._producer is not None and self._consumer is not None
+        assert self._consumer is not None
+        if self._producer is None:
+            self._rebuild_dlq_producer()
+            if self._producer is None:
+                self.failed(ConnectionError("no DLQ producer"), self._consumer.assignment() or partitions)
+                return
         try:
-            cp.commit(producer=self._producer, engine=self.engine, consumer=self._consumer)
+            cp.commit(
+                producer=self._producer, engine=self.engine, consumer=self._consumer,
+                on_dead_lettered=self._dead_lettered.update,
+            )  # fmt: skip
         except Exception as exc:
             self.stats.checkpoint_failures += 1
-            self._log.warning(
-                "checkpoint_failed", error=exc.__class__.__name__, detail=str(exc)[:300],
-                records=sum(s.next - s.first for s in cp.spans.values()),
-            )  # fmt: skip
-            self.seek_to_durable(self._consumer.assignment() or partitions)
-            RETRY.sleep(self.stats.checkpoint_failures, self._stop)
+            if isinstance(exc, DeadLetterError):
+                self._rebuild_dlq_producer()
+            self.failed(exc, self._consumer.assignment() or partitions, "checkpoint_failed")
             return
+        self.succeeded()
+        self._dead_lettered = {  # durable now: no retry of these offsets will happen
+            (t, p, o) for t, p, o in self._dead_lettered
+            if (t, p) not in cp.spans or o >= cp.spans[(t, p)].next
+        }  # fmt: skip
         self.stats.batches += 1
         self.stats.records += sum(s.next - s.first for s in cp.spans.values())
         self.stats.accepted += len(cp.accepted)
-        self.stats.dead_letters += len(cp.dead_letters)
-        for dl in cp.dead_letters:
+        self.stats.dead_letters += len(cp.dead_letters) + len(cp.produced)
+        for dl in [*cp.dead_letters, *cp.produced]:
             self.stats.rejected[dl.reason.value] += 1
             self._log.info(
                 "rejected", reason=dl.reason.value, detail=dl.detail[:200],

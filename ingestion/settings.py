@@ -28,6 +28,15 @@ class IngestSettings(BaseModel):
             "whose sealed input would not fit is refused when it is opened.",
         ),
     ] = 64 * 1024
+    dead_letter_max_bytes: Annotated[
+        int,
+        Field(
+            ge=1024,
+            description="Most bytes of a rejected record's value kept in its dead letter; "
+            "longer ones are cut, flagged `truncated` and carry the SHA-256 and length of the "
+            "whole. Keep it below the DLQ topic's `max.message.bytes` (1 MiB by default).",
+        ),
+    ] = 256 * 1024
     batch_max_records: Annotated[
         int,
         Field(

@@ -10,7 +10,8 @@ is decrypted that routing already refuses:
 3. declared region (``wrong_region``), key owner (``key_region_mismatch`` when the key id is in
    another region's key set, ``unknown_key`` otherwise), key status (``retired_key``);
 4. HPKE open (``decrypt_failed``: tampered header or ciphertext) and the payload schema
-   (``payload_invalid``).
+   (``payload_invalid``);
+5. anything else that goes wrong while judging a record is ``internal_error``.
 
 Replay needs database state and is the processor's job (in-batch set + ``seen_messages``).
 """
@@ -73,7 +74,19 @@ class Validator:
 
     def validate(self, raw: bytes, topic: str, partition: int = 0, offset: int = 0) -> Verdict:
         """Decide on one record. ``partition``/``offset`` are accepted for symmetry with the
-        transport and for future per-partition rules; the decision depends on bytes and topic."""
+        transport and for future per-partition rules; the decision depends on bytes and topic.
+
+        Never raises: an exception while judging one record (a bug, or an input nobody
+        foresaw) becomes ``internal_error`` naming the exception type only (never its message,
+        which could quote secret material), so one record cannot stop a region."""
+        try:
+            return self._validate(raw, topic)
+        except Exception as exc:
+            return Rejected(
+                RejectReason.INTERNAL_ERROR, f"{type(exc).__name__} while judging the record"
+            )
+
+    def _validate(self, raw: bytes, topic: str) -> Verdict:
         if topic != self.ingest_topic:
             owner = self._policy.region_of_topic(topic)
             return Rejected(

@@ -8,13 +8,13 @@ schema. Replay and topic checks need state or transport facts and belong to the 
 
 from __future__ import annotations
 
-import json
 import secrets
 from datetime import datetime
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from privacy.errors import EnvelopeRejected
 from privacy.keys import KeyEntry, KeySet, PrivateKey
@@ -63,10 +63,12 @@ def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
     if len(raw) > max_bytes:
         raise EnvelopeRejected(RejectReason.OVERSIZED, f"{len(raw)} bytes > limit {max_bytes}")
     try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # pydantic-core's parser has limits: nesting depth (200), number length, no NaN/Inf,
+        # strict UTF-8. The stdlib parser would raise RecursionError or ValueError instead.
+        obj = from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
         raise EnvelopeRejected(
-            RejectReason.MALFORMED, f"not JSON: {exc.__class__.__name__}"
+            RejectReason.MALFORMED, f"not JSON: {str(exc)[:80]}"
         ) from None
     if not isinstance(obj, dict):
         raise EnvelopeRejected(RejectReason.MALFORMED, "not a JSON object")
@@ -103,7 +105,7 @@ def open_payload(env: Envelope, private: PrivateKey) -> Frozen:
         raise EnvelopeRejected(
             RejectReason.DECRYPT_FAILED, f"HPKE open failed ({exc.__class__.__name__})"
         ) from None
-    try:
+    try:  # pydantic's JSON mode parses with the same limits as parse()
         return model.model_validate_json(plain)
     except ValidationError as exc:
         fields = ",".join(".".join(map(str, e["loc"])) for e in exc.errors())

@@ -37,7 +37,7 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from privacy.wire import ID_PATTERN, REGION_PATTERN, Frozen, register_payload
+from privacy.wire import ID_PATTERN, REGION_PATTERN, Frozen, Round, register_payload
 
 TOKEN_PATTERN = r"^[0-9a-f]{32}$"
 
@@ -109,7 +109,7 @@ class RoundOpen(Frozen):
     v: Literal[1] = 1
     region: Annotated[str, Field(pattern=REGION_PATTERN)]
     cohort: Annotated[str, Field(pattern=ID_PATTERN)]
-    round: Annotated[int, Field(ge=0)]
+    round: Round
     params: RoundParams
     layout: Annotated[str, Field(max_length=64)]
     clip: Annotated[float, Field(gt=0)]

@@ -14,6 +14,7 @@ machine-readable reason in record headers (:class:`DeadLetter`).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import zlib
 from datetime import UTC, datetime
@@ -27,6 +28,17 @@ ENVELOPE_VERSION: Literal[1] = 1
 EMBEDDING_DIM = 128
 REGION_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+
+
+# Bounds of every wire integer: what the backend's storage holds (BIGINT), and what a device may
+# claim about one round (so that no sum of accepted claims can overflow a column).
+MAX_INT64 = (1 << 63) - 1
+MAX_ROUND = (1 << 53) - 1  # exact in a float64 and in every JSON implementation
+MAX_STEPS_PER_ROUND = 100_000  # steps one device may report for one round
+MAX_ACTION_KINDS = 64
+
+Round = Annotated[int, Field(ge=0, le=MAX_ROUND)]
+StepCount = Annotated[int, Field(ge=0, le=MAX_STEPS_PER_ROUND)]
 
 
 class RejectReason(StrEnum):
@@ -45,6 +57,7 @@ class RejectReason(StrEnum):
     PAYLOAD_INVALID = "payload_invalid"  # decrypted, but the payload is not a valid model
     REPLAY = "replay"  # idempotency key seen before
     PROTOCOL = "protocol_violation"  # valid envelope, but out of order for its round
+    INTERNAL_ERROR = "internal_error"  # judging the record raised; the detail names the type
 
 
 class Frozen(BaseModel):
@@ -69,7 +82,7 @@ class Envelope(Frozen):
     region: Annotated[str, Field(pattern=REGION_PATTERN)]
     key_id: Annotated[str, Field(pattern=ID_PATTERN)]
     cohort: Annotated[str, Field(pattern=ID_PATTERN)]
-    round: Annotated[int, Field(ge=0)]
+    round: Round
     payload_type: Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
     sent_at: datetime
     ct: str  # base64 HPKE ciphertext (enc || sealed payload)
@@ -103,10 +116,10 @@ class Envelope(Frozen):
 class BehaviorCounts(Frozen):
     """Per-round counts a device reports about its agent's steps (all non-negative)."""
 
-    steps: Annotated[int, Field(ge=0)] = 0
-    accepted: Annotated[int, Field(ge=0)] = 0
-    overridden: Annotated[int, Field(ge=0)] = 0
-    failed: Annotated[int, Field(ge=0)] = 0
+    steps: StepCount = 0
+    accepted: StepCount = 0
+    overridden: StepCount = 0
+    failed: StepCount = 0
 
 
 class RoundSummary(Frozen):
@@ -118,10 +131,13 @@ class RoundSummary(Frozen):
 
     type: Literal["summary"] = "summary"
     v: Literal[1] = 1
-    embed_version: Annotated[int, Field(ge=1)]
+    embed_version: Annotated[int, Field(ge=1, le=1 << 16)]
     embedding: str  # base64 little-endian float32[EMBEDDING_DIM]
     counts: BehaviorCounts
-    action_hist: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    action_hist: Annotated[
+        dict[Annotated[str, Field(max_length=32)], StepCount],
+        Field(max_length=MAX_ACTION_KINDS),
+    ] = Field(default_factory=dict)
 
     @field_validator("embedding")
     @classmethod
@@ -166,7 +182,15 @@ def register_payload(name: str, model: type[Frozen]) -> None:
 
 
 class DeadLetter(Frozen):
-    """A rejected record: original bytes verbatim as the value, the why in headers."""
+    """A rejected record: the original value as the DLQ record's value, the why in headers.
+
+    The DLQ record's key names the source record (``topic/partition/offset``, so repeats are
+    recognisable); the original key travels base64 in ``sotto-original-key`` and the original
+    headers are kept after the ``sotto-*`` ones, so the record can be replayed as it was. A tombstone (``original`` is
+    ``None``) stays a tombstone. Originals longer than the DLQ's limit are cut to it, with
+    ``truncated`` set and the SHA-256 and length of the whole kept, so the DLQ can never refuse
+    a dead letter for its size. Another region's record is withheld (empty, ``withheld``).
+    """
 
     reason: RejectReason
     detail: str
@@ -175,7 +199,32 @@ class DeadLetter(Frozen):
     source_partition: int
     source_offset: int
     rejected_at: datetime
-    original: bytes
+    original: bytes | None
+    original_key: bytes | None = None
+    original_headers: tuple[tuple[str, bytes], ...] = ()
+    original_size: int = 0
+    original_sha256: str = ""
+    truncated: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        value: bytes | None,
+        max_bytes: int,
+        withhold: bool = False,
+        **fields: object,
+    ) -> DeadLetter:
+        """Build one from the source record's value, applying the size limit."""
+        whole = value or b""
+        kept: bytes | None = None if value is None else (b"" if withhold else whole[:max_bytes])
+        return cls(
+            original=kept,
+            original_size=len(whole),
+            original_sha256=hashlib.sha256(whole).hexdigest(),
+            truncated=kept is not None and len(kept) < len(whole) and not withhold,
+            **fields,  # type: ignore[arg-type]
+        )
 
     def headers(self) -> list[tuple[str, bytes]]:
         p = "sotto-"
@@ -187,10 +236,15 @@ class DeadLetter(Frozen):
             (p + "source-partition", str(self.source_partition).encode()),
             (p + "source-offset", str(self.source_offset).encode()),
             (p + "rejected-at", self.rejected_at.isoformat().encode()),
+            (p + "original-size", str(self.original_size).encode()),
+            (p + "original-sha256", self.original_sha256.encode()),
+            (p + "truncated", b"true" if self.truncated else b"false"),
+            *([] if self.original_key is None else [(p + "original-key", b64e(self.original_key).encode())]),
+            *[(k, v) for k, v in self.original_headers if not k.startswith(p)],
         ]
 
     @classmethod
-    def from_record(cls, value: bytes, headers: list[tuple[str, bytes]]) -> DeadLetter:
+    def from_record(cls, value: bytes | None, headers: list[tuple[str, bytes]]) -> DeadLetter:
         h = {k.removeprefix("sotto-"): v.decode() for k, v in headers if k.startswith("sotto-")}
         return cls(
             reason=RejectReason(h["reason"]),
@@ -201,6 +255,11 @@ class DeadLetter(Frozen):
             source_offset=int(h["source-offset"]),
             rejected_at=datetime.fromisoformat(h["rejected-at"]),
             original=value,
+            original_key=b64d(h["original-key"]) if "original-key" in h else None,
+            original_headers=tuple((k, v) for k, v in headers if not k.startswith("sotto-")),
+            original_size=int(h.get("original-size", len(value or b""))),
+            original_sha256=h.get("original-sha256", ""),
+            truncated=h.get("truncated") == "true",
         )
 
 
@@ -228,11 +287,11 @@ class ReleasedAggregate(Frozen):
     v: Literal[1] = 1
     region: Annotated[str, Field(pattern=REGION_PATTERN)]
     cohort: Annotated[str, Field(pattern=ID_PATTERN)]
-    round: Annotated[int, Field(ge=0)]
-    layout: str
-    dim: Annotated[int, Field(ge=1)]
-    participants: Annotated[int, Field(ge=0)]
-    dropped: Annotated[int, Field(ge=0)]
+    round: Round
+    layout: Annotated[str, Field(max_length=64)]
+    dim: Annotated[int, Field(ge=1, le=1 << 26)]
+    participants: Annotated[int, Field(ge=0, le=MAX_INT64)]
+    dropped: Annotated[int, Field(ge=0, le=MAX_INT64)]
     noise_stddev: Annotated[float, Field(ge=0)]  # stddev of the Gaussian noise in ``total``
     epsilon: Annotated[float, Field(ge=0)]  # this round's epsilon
     delta: Annotated[float, Field(ge=0, le=1)]
