@@ -62,7 +62,9 @@ def _run(py: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_edge_install_has_no_backend_libraries_and_is_small(edge_venv: Path, tmp_path: Path) -> None:
+def test_edge_install_has_no_backend_libraries_and_is_small(
+    edge_venv: Path, tmp_path: Path
+) -> None:
     py = edge_venv / "bin" / "python"
     code = (
         "import importlib, importlib.util, sys\n"
@@ -95,3 +97,12 @@ def test_edge_sdk_tests_pass_in_the_edge_venv(edge_venv: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "error" not in res.stdout.splitlines()[-1]
+
+
+def test_documented_example_runs_on_the_edge_install(edge_venv: Path) -> None:
+    """docs/examples/phone_agent_with_sotto.py is what an integrator copies: it must import
+    nothing of the backend (it runs here, where the backend libraries are absent)."""
+    py = edge_venv / "bin" / "python"
+    res = _run(py, "-P", "docs/examples/phone_agent_with_sotto.py", "--help", cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "--base-model" in res.stdout

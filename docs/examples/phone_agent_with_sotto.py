@@ -3,10 +3,11 @@
 
 What it does, in order:
 
-1. opens this phone's :class:`~edge_client.device.EdgeDevice` (its local context store and
-   outbox) from the Sotto deployment at ``--home``;
-2. loads the on-device model (:class:`~edge_client.runtime.DeviceModel`): the deployment's
-   base model plus, with ``--sync``, whatever signed adapter the region's adapters topic
+1. reads what a companion app ships with: the region policy (``<home>/regions.toml``), the
+   region's published public keys and the base model's ONNX bytes (``--base-model``; a
+   deployment keeps them under ``<home>/models/``), and opens this phone's
+   :class:`~edge_client.device.EdgeDevice` (its local context store and outbox);
+2. loads the on-device model (:class:`~edge_client.runtime.DeviceModel`): the base model plus, with ``--sync``, whatever signed adapter the region's adapters topic
    holds for this cohort (verified against the region's adapter-signing key first);
 3. wires both into a real ``phone_agent.PhoneAgent`` with
    :func:`edge_client.autoglm.personalize`: every ``agent.run(task)`` gets a one-line hint
@@ -21,8 +22,9 @@ the device takes part in a round. The hint itself goes into the agent's prompt, 
 
 Setup::
 
-    pip install -e .                        # Sotto, from this repository
-    sotto init --regions cn                 # a region policy (once)
+    pip install .                           # the device SDK only (no torch, no backend)
+    # a region policy, public keys and a base model, e.g. from a local deployment:
+    #   pip install -e '.[all]' && sotto init --regions cn && sotto demo (builds <home>/models)
     git clone https://github.com/zai-org/Open-AutoGLM && pip install -e Open-AutoGLM
     # an Android phone over ADB and a served AutoGLM model, as Open-AutoGLM's README says
     python docs/examples/phone_agent_with_sotto.py --base-url http://localhost:8000/v1 "打开导航去公司"
@@ -36,12 +38,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from deploy.settings import SottoSettings
 from edge_client.autoglm import personalize
 from edge_client.device import EdgeDevice
 from edge_client.hint import PreferenceHint
+from edge_client.keys import published_signing_key
 from edge_client.runtime import DeviceModel
 from privacy.errors import ConfigError
+from privacy.policy import RegionPolicy
 
 INSTALL = """Open-AutoGLM (the `phone_agent` package) is not installed. To run this example:
 
@@ -54,7 +57,9 @@ then connect a phone over ADB and serve an AutoGLM model (see Open-AutoGLM's REA
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("task", nargs="?", default="打开导航去公司", help="what to ask the agent")
-    p.add_argument("--home", type=Path, default=None, help="Sotto home (default: settings)")
+    p.add_argument("--home", type=Path, default=Path(".sotto"), help="Sotto home folder")
+    p.add_argument("--base-model", type=Path, default=None,
+                   help="base model ONNX file (default: the newest <home>/models/*/base.onnx)")  # fmt: skip
     p.add_argument("--region", default="cn", help="this phone's home region")
     p.add_argument("--cohort", default="cn-c0", help="this phone's cohort")
     p.add_argument("--device-id", default="phone-1", help="local label; never sent")
@@ -73,10 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def trusted_key(keyset_dir: Path) -> Ed25519PublicKey:
     """The region's adapter-signing key; without one no adapter can verify, so the phone
     runs the base model only (a throwaway key whose private half is never kept)."""
-    from backend.keystore import signing_public_key
-
     try:
-        return signing_public_key(keyset_dir)
+        return published_signing_key(keyset_dir)
     except ConfigError as exc:
         print(f"note: {exc}; running the base model without adapters")
         return Ed25519PrivateKey.generate().public_key()
@@ -109,20 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         print(INSTALL)
         return 0
 
-    settings = SottoSettings(home=args.home) if args.home else SottoSettings()
+    policy_file = args.home / "regions.toml"
     try:
-        region = settings.policy.region(args.region)
-    except ConfigError as exc:
+        policy = RegionPolicy.from_toml(policy_file.read_text())
+        region = policy.region(args.region)
+    except (OSError, ConfigError) as exc:
         print(f"{exc}\nCreate a deployment first: sotto init --regions {args.region}")
         return 2
-
-    # The base model every adapter of this deployment is bound to (built once, then cached;
-    # a shipped app would bundle these bytes instead).
-    from deploy.simulation.base_model import deployment_base
-
-    base = deployment_base(settings.home)
+    # The base model every adapter of this deployment is bound to (a shipped app bundles it).
+    found = sorted(args.home.glob("models/*/base.onnx"))
+    base_model = args.base_model or (found[-1] if found else None)
+    if base_model is None or not base_model.is_file():
+        print(f"no base model at {base_model or args.home / 'models'}; pass --base-model")
+        return 2
     model = DeviceModel(
-        base.onnx_bytes,
+        base_model.read_bytes(),
         trusted_key(Path(region.keyset_dir)),
         args.region,
         args.cohort,
@@ -131,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sync:
         sync_adapters(model, region.bootstrap_servers, region.t.adapters)
 
-    data_dir = Path(settings.home) / "devices" / args.device_id
-    with EdgeDevice(args.device_id, args.region, args.cohort, settings.policy, data_dir) as device:
+    data_dir = args.home / "devices" / args.device_id
+    with EdgeDevice(args.device_id, args.region, args.cohort, policy, data_dir) as device:
         hint = PreferenceHint(
             model, device.context_embedding, min_score=args.min_score, lang=args.lang
         )
