@@ -31,10 +31,12 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from sqlalchemy import Engine, Table, select
 
+from backend.errors import ServiceError
 from backend.retry import RetryPolicy
 from backend.storage import reading
 
 RETRY = RetryPolicy()  # infrastructure faults: back off with jitter, retry forever
+CLOSE_TIMEOUT_S = 5.0  # the shutdown grace for flushing a producer (docs/deployment.md)
 
 
 class SeekFromDatabase(ConsumerRebalanceListener):
@@ -70,6 +72,10 @@ class DurableConsumerApp:
         self._rewind: list[Any] | None = None  # partitions to seek back before polling again
         self.consecutive_failures = 0
         self.last_failure: str | None = None  # exception type of the latest infrastructure fault
+        self.last_loop_at = time.monotonic()  # the poll loop's heartbeat (liveness)
+        self.last_progress_at = time.monotonic()  # last durable checkpoint, or caught up
+        self.lag: int | None = None  # records behind the log end, measured by the loop thread
+        self._lag_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
     def __exit__(
@@ -87,7 +93,7 @@ class DurableConsumerApp:
             self._consumer = None
         if self._producer is not None:
             with contextlib.suppress(Exception):
-                self._producer.close(timeout=10)
+                self._producer.close(timeout=CLOSE_TIMEOUT_S)
             self._producer = None
         if self._engine is not None:
             self._engine.dispose()
@@ -166,9 +172,54 @@ class DurableConsumerApp:
     def succeeded(self) -> None:
         self.consecutive_failures = 0
         self.last_failure = None
+        self.last_progress_at = time.monotonic()
+
+    def _observe(self) -> None:
+        """Loop-thread bookkeeping for health: heartbeat, and lag every few seconds (the
+        consumer is not thread-safe, so the health endpoint only reads these numbers)."""
+        now = time.monotonic()
+        self.last_loop_at = now
+        if now - self._lag_at < 5.0 or self._consumer is None:
+            return
+        self._lag_at = now
+        try:
+            assigned = list(self._consumer.assignment())
+            ends = self._consumer.end_offsets(assigned) if assigned else {}
+            self.lag = sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned)
+        except Exception:  # broker away: lag unknown, which readiness reports
+            self.lag = None
+        if self.lag == 0:
+            self.last_progress_at = now
+
+    def health(self, *, max_lag: int = 100_000, stall_s: float = 120.0) -> dict[str, Any]:
+        """Liveness and readiness, truthfully: ``live`` is false when the loop stopped turning;
+        ``ready`` is false while a fault is being retried, a checkpoint has not succeeded for
+        ``stall_s`` with records waiting, the lag is unknown or above ``max_lag``."""
+        now = time.monotonic()
+        live = now - self.last_loop_at < stall_s
+        problems: list[str] = []
+        if not live:
+            problems.append(f"loop stalled for {now - self.last_loop_at:.0f}s")
+        if self.degraded:
+            problems.append(self.degraded)
+        if self.lag is None:
+            problems.append("lag unknown")
+        elif self.lag > max_lag:
+            problems.append(f"lag {self.lag} > {max_lag}")
+        if self.lag and now - self.last_progress_at > stall_s:
+            problems.append(f"no checkpoint for {now - self.last_progress_at:.0f}s with lag")
+        return {
+            "ok": live and not problems,
+            "live": live,
+            "ready": not problems,
+            "problems": problems,
+            "lag": self.lag,
+            "consecutive_failures": self.consecutive_failures,
+        }
 
     def ready(self) -> bool:
         """True when the consumer may poll: no rewind is pending (or it just succeeded)."""
+        self._observe()
         if self._rewind is None:
             return True
         try:
@@ -240,6 +291,13 @@ class DurableConsumerApp:
                 self.on_idle()
                 if max_idle_s is not None and time.monotonic() - idle_since >= max_idle_s:
                     break
+        if self.consecutive_failures:
+            # stopping while a batch could not be made durable: nothing is lost (it is re-read
+            # from the durable offsets next start), but this run did not finish its work
+            raise ServiceError(
+                f"{self.name} stopped with its last batch not checkpointed "
+                f"({self.last_failure}); it is re-read on the next start"
+            )
         return self.stats
 
     @contextlib.contextmanager

@@ -2,8 +2,9 @@
 
 One registry for the process (not the global default, so tests can run several services
 without "duplicated timeseries" errors). Services update the metrics; ``serve`` exposes
-``/metrics`` (Prometheus text format) and ``/healthz`` (JSON from a callback; 503 when the
-callback says unhealthy) on one port.
+``/metrics`` (Prometheus text format), ``/livez`` (the loop turns), ``/readyz`` and
+``/healthz`` (ready: no fault being retried, no stalled checkpoint, lag known and below the
+threshold) on one port, JSON bodies, 503 when the answer is no. Degraded is reported as such.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def _handler(health: HealthFn) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path.startswith("/metrics"):
                 body, ctype, code = generate_latest(REGISTRY), CONTENT_TYPE_LATEST, 200
-            elif self.path.startswith("/healthz"):
+            elif self.path.startswith(("/healthz", "/readyz", "/livez")):
                 state = health()
-                code = 200 if state.get("ok", False) else 503
+                key = "live" if self.path.startswith("/livez") else "ready"
+                code = 200 if state.get(key, state.get("ok", False)) else 503
                 body, ctype = json.dumps(state, default=str).encode(), "application/json"
             else:
                 body, ctype, code = b"not found\n", "text/plain", 404
@@ -143,16 +145,23 @@ def serve_service(
     region: str,
     snapshot: Callable[[], dict[str, Any]],
     gauges: Callable[[], list[tuple[str, str, dict[str, str], float]]] | None = None,
+    state: HealthFn | None = None,
+    host: str = "127.0.0.1",
 ) -> MetricsServer | None:
-    """Start ``/metrics`` + ``/healthz`` for a service (None when ``port`` is None)."""
+    """Start ``/metrics`` + the health endpoints for a service (None when ``port`` is None).
+
+    ``state`` is the service's own truthful answer (``DurableConsumerApp.health``); without
+    it the endpoints can only say the process is up, and say so (``ready`` unknown -> 503)."""
     if port is None:
         return None
     REGISTRY.register(StatsCollector(service, region, snapshot, gauges))
     started = time.time()
 
     def health() -> dict[str, Any]:
-        return {"ok": True, "service": service, "region": region, "uptime_s": round(time.time() - started, 1), **{
-            k: v for k, v in snapshot().items() if isinstance(v, int | float)
-        }}  # fmt: skip
+        answer = state() if state is not None else {"ok": False, "live": True, "ready": False,
+                                                    "problems": ["no health source"]}  # fmt: skip
+        counters = {k: v for k, v in snapshot().items() if isinstance(v, int | float)}
+        return {"service": service, "region": region,
+                "uptime_s": round(time.time() - started, 1), **counters, **answer}  # fmt: skip
 
-    return MetricsServer(port, health).__enter__()
+    return MetricsServer(port, health, host).__enter__()

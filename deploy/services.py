@@ -21,8 +21,10 @@ from privacy.ledger import Budget
 
 
 @contextmanager
-def _metrics(port: int | None, service: str, region: str, stats: Any, gauges: Any) -> Iterator[None]:
-    server = serve_service(port, service, region, stats, gauges)
+def _metrics(
+    port: int | None, service: str, region: str, stats: Any, gauges: Any, state: Any, host: str
+) -> Iterator[None]:
+    server = serve_service(port, service, region, stats, gauges, state, host)
     try:
         yield
     finally:
@@ -43,7 +45,7 @@ def run_ingest(
     configure_logging(settings.log_level, settings.log_json)
     with IngestionApp(settings.policy, region, settings.ingest) as app:
         gauges = lambda: region_gauges(app.engine, region)  # noqa: E731
-        with _metrics(metrics_port, "ingest", region, app.stats.as_dict, gauges):
+        with _metrics(metrics_port, "ingest", region, app.stats.as_dict, gauges, app.health, settings.ingest.metrics_host):
             return app.run(max_idle_s=max_idle_s)
 
 
@@ -58,7 +60,10 @@ def run_round_service(
     stop = threading.Event()
     with RoundService(settings.policy, region, settings.ingest, budget=budget) as service:
         gauges = lambda: region_gauges(service.app.engine, region)  # noqa: E731
-        with _metrics(metrics_port, "ingest", region, service.app.stats.as_dict, gauges):
+        with _metrics(
+            metrics_port, "ingest", region, service.app.stats.as_dict, gauges, service.app.health,
+            settings.ingest.metrics_host,
+        ):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
             service.run(stop)
@@ -89,7 +94,10 @@ def run_learn(
     )  # fmt: skip
     with app:
         gauges = lambda: adapter_gauges(app.engine, region)  # noqa: E731
-        with _metrics(metrics_port, "learn", region, app.stats.as_dict, gauges):
+        with _metrics(
+            metrics_port, "learn", region, app.stats.as_dict, gauges, app.health,
+            settings.learner.metrics_host,
+        ):
             return app.run(max_idle_s=max_idle_s)
 
 

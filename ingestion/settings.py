@@ -66,6 +66,11 @@ class IngestSettings(BaseModel):
             "group reassigns them; the heartbeat is a quarter of it (at least 1 s).",
         ),
     ] = 10000
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address `/metrics` and the health endpoints (`/livez`, `/readyz`, "
+        "`/healthz`) of `sotto ingest` bind to; `0.0.0.0` in a container so probes reach them.",
+    )
     metrics_port: Annotated[
         int | None,
         Field(

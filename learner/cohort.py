@@ -4,12 +4,16 @@ Per released round (:meth:`CohortLearner.learn_one`), in this order:
 
 1. ignore the release if its round was already applied (idempotent under redelivery);
 2. decode it with its :class:`~privacy.contribution.ContributionLayout` and push the stats
-   block into the sliding :class:`~learner.window.StatsWindow`;
+   block into the sliding :class:`~learner.window.StatsWindow`; when the newest rounds differ
+   from the older ones beyond noise (:meth:`~learner.window.StatsWindow.change_point`: the
+   cohort's habits changed), forget the rounds before the change;
 3. read the evaluation blocks *under the plan that was in force for that round*: the shadow
    block feeds the candidate's gate (shadow -> canary), the rollout block feeds either the
    canary gate (canary -> live) or, with no canary running, the
    :class:`~learner.rollout.RegressionMonitor` (live vs previous -> rollback);
-4. with no candidate in flight, fit a new one from the window (:func:`learner.fit.fit_adapter`,
+4. after a detected change, withdraw a shadow candidate fitted only on rounds before it (it
+   learned the old habits; a canary, already judged on current rounds, runs to its end);
+5. with no candidate in flight, fit a new one from the window (:func:`learner.fit.fit_adapter`,
    warm-started from live) and ship it to shadow.
 
 Every status change goes through :func:`learner.rollout.transition`. The learner does no I/O;
@@ -213,6 +217,9 @@ class CohortLearner:
                 lay.block_noise_stddev(sd, "stats") ** 2,
             )
         )
+        changed = self._window.change_point(self._gram)
+        if changed is not None:
+            self._window.reset(keep_last=changed)
         in_force = self.plan()  # the state has not changed since that round was announced
         actions: list[AdapterAction] = []
         rollout_var = lay.block_noise_stddev(sd, "rollout") ** 2
@@ -227,6 +234,13 @@ class CohortLearner:
             self._monitor.update(s1, s2, n, rollout_var)
             if self._monitor.drift_detected:
                 actions += self._rollback(release.round)
+        shadow = in_force.shadow_version
+        if changed is not None and shadow is not None and self._candidate == shadow:
+            cand = self._versions[shadow]
+            if not set(cand.rounds) & set(self._window.rounds):  # fitted on the old habits
+                act = self._move(cand, Event.SUPERSEDED, reason="habits changed: refit")
+                self._drop(cand.version)
+                actions.append(act)
         # The shadow gate runs after the monitor: a rollback withdraws the shadow candidate
         # (it was judged against the adapter being withdrawn) before it could be promoted.
         if in_force.shadow_version is not None and self._candidate == in_force.shadow_version:

@@ -158,6 +158,8 @@ class LearnerApp(DurableConsumerApp):
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("LearnerApp is not started; use it as a context manager")
+        if not self.ready():
+            return 0
         batch = consumer.poll(timeout_ms=timeout_ms)
         handled = 0
         for tp in sorted(batch, key=lambda t: (t.topic, t.partition)):

@@ -43,6 +43,11 @@ class LearnerSettings(BaseModel):
             "only bounds how long a poll's work delays a shutdown or a rebalance.",
         ),
     ] = 50
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address `/metrics` and the health endpoints (`/livez`, `/readyz`, "
+        "`/healthz`) of `sotto learn` bind to; `0.0.0.0` in a container so probes reach them.",
+    )
     metrics_port: Annotated[
         int | None,
         Field(
