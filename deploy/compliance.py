@@ -311,6 +311,47 @@ def check_budget(engine: Engine, region: str) -> Check:
     )
 
 
+def check_aggregates_match_accepts(engine: Engine, region: str) -> Check:
+    """Every accepted round summary is in the sums once: per (cohort, round), the count of
+    ``accept`` decisions for ``summary`` payloads equals the aggregate row's ``count``. A lost
+    update (replicas overwriting each other's sums) or a double count shows up here even when
+    offsets, replay ids and the chain are all consistent."""
+    aggs = _table(engine, "aggregates")
+    stmt = (
+        select(audit_log.c.cohort, audit_log.c.round, func.count())
+        .where(
+            audit_log.c.region == region,
+            audit_log.c.event == "accept",
+            audit_log.c.detail == "summary",
+        )
+        .group_by(audit_log.c.cohort, audit_log.c.round)
+    )
+    with reading(engine) as conn:
+        accepted = {(str(c), int(r)): int(n) for c, r, n in conn.execute(stmt)}
+        summed: dict[tuple[str, int], int] = {}
+        if aggs is not None:
+            rows = conn.execute(
+                select(aggs.c.cohort, aggs.c.round, aggs.c.count).where(aggs.c.region == region)
+            )
+            summed = {(str(c), int(r)): int(n) for c, r, n in rows}
+    keys = sorted(set(accepted) | set(summed))
+    bad = {
+        f"{c}/{r}": {"accepted": accepted.get((c, r), 0), "aggregated": summed.get((c, r), 0)}
+        for c, r in keys
+        if accepted.get((c, r), 0) != summed.get((c, r), 0)
+    }
+    return Check(
+        name="aggregates_match_accepts",
+        ok=not bad,
+        summary=(
+            f"{sum(accepted.values())} accepted summaries, all in the sums exactly once"
+            if not bad
+            else f"{len(bad)} (cohort, round) sums disagree with the accepted records"
+        ),
+        evidence={"mismatches": dict(list(bad.items())[:50]), "cells": len(keys)},
+    )
+
+
 def audit_region(
     settings: SottoSettings,
     region: str,
@@ -333,6 +374,7 @@ def audit_region(
         checks = [
             check_chain(engine, region, expect_head),
             check_accepts_routed(engine, region, policy, since),
+            check_aggregates_match_accepts(engine, region),
             check_stored_in_region(region, policy, engines),
             check_learned_in_region(engine, region),
             check_rejections(engine, region, since),

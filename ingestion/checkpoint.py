@@ -67,6 +67,7 @@ class BatchCheckpoint(Checkpoint):
             AuditEvent(
                 event="accept", ts=self._ts, msg_id=env.msg_id, cohort=env.cohort,
                 round=env.round, topic=topic, partition=partition, offset=offset,
+                detail=env.payload_type,  # what was accepted: the audit can recount the sums
             )
         )  # fmt: skip
 

@@ -101,3 +101,35 @@ def test_checkpoint_refuses_offsets_that_go_backwards(settings: SottoSettings) -
     assert verify_chain(engine, "eu") == (True, None)
     assert isinstance(validator.validate(b"{}", "elsewhere"), Rejected)
     engine.dispose()
+
+
+def test_audit_fails_when_sums_disagree_with_accepted_records(settings: SottoSettings) -> None:
+    """A lost update (what unlocked replicas did on PostgreSQL) keeps offsets, replay ids and
+    the chain consistent; only recounting the accepted summaries against the sums shows it."""
+    from sqlalchemy import update
+
+    from deploy.compliance import audit_region
+    from ingestion.db import aggregates as aggregates_table
+
+    rng = np.random.default_rng(11)
+    eu = settings.policy.region("eu")
+    key = keystore.load_keyset(eu.keyset_dir).current()
+    values = [seal(random_summary(rng), key=key, cohort="k", round=r % 2).to_bytes() for r in range(6)]
+    with IngestionApp(settings.policy, "eu", settings.ingest) as app:
+        produce(settings.kafka_bootstrap or "", eu.t.ingest, values)
+        app.process_available(timeout_s=60)
+        assert app.stats.accepted == 6
+        engine = app.engine
+        report = audit_region(settings, "eu")
+        check = next(c for c in report.checks if c.name == "aggregates_match_accepts")
+        assert check.ok, check
+        with engine.begin() as conn:  # what a lost update leaves behind
+            conn.execute(
+                update(aggregates_table)
+                .where(aggregates_table.c.cohort == "k", aggregates_table.c.round == 1)
+                .values(count=aggregates_table.c.count - 1)
+            )
+    report = audit_region(settings, "eu")
+    check = next(c for c in report.checks if c.name == "aggregates_match_accepts")
+    assert not check.ok and not report.ok
+    assert check.evidence["mismatches"] == {"k/1": {"accepted": 3, "aggregated": 2}}
