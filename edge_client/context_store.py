@@ -11,32 +11,39 @@ re-normalized sum of step embeddings (:func:`privacy.embedding.combine`).
 Steps are stored redacted (:meth:`AgentStep.redacted`): typed text never touches the disk.
 Each row keeps the step's embedding computed at record time together with its
 ``EMBED_VERSION``; rows from another version are re-embedded on read.
+
+The file is opened with :func:`edge_client.outbox.connect_private` (the standard library's
+:mod:`sqlite3`, no SQLAlchemy on a device): mode 0600, WAL, ``synchronous=FULL``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import sqlalchemy as sa
 
+from edge_client.outbox import connect_private
 from edge_client.steps import AgentStep
 from privacy.embedding import EMBED_VERSION, combine
 from privacy.wire import EMBEDDING_DIM, utcnow
 
-_metadata = sa.MetaData()
-_steps = sa.Table(
-    "steps",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("ts", sa.Float, nullable=False, index=True),  # POSIX seconds, for order and decay
-    sa.Column("step", sa.Text, nullable=False),  # redacted AgentStep JSON
-    sa.Column("embed_version", sa.Integer, nullable=False),
-    sa.Column("embedding", sa.LargeBinary, nullable=False),  # float32 little-endian [128]
-)
+# The schema SQLAlchemy created before this module used sqlite3 (same table, columns and
+# index names), so existing files open unchanged.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER NOT NULL,
+    ts FLOAT NOT NULL,  -- POSIX seconds, for order and decay
+    step TEXT NOT NULL,  -- redacted AgentStep JSON
+    embed_version INTEGER NOT NULL,
+    embedding BLOB NOT NULL,  -- float32 little-endian [128]
+    PRIMARY KEY (id)
+);
+CREATE INDEX IF NOT EXISTS ix_steps_ts ON steps (ts);
+"""
 
 
 class WeightedStep(NamedTuple):
@@ -58,6 +65,8 @@ class ContextStore:
         How many of the most recent steps (by timestamp) are kept; older ones are deleted.
     half_life
         Time after which a step's weight halves.
+
+    Safe to share between threads: one connection, every use under one lock.
     """
 
     def __init__(
@@ -73,9 +82,8 @@ class ContextStore:
         self.path = Path(path)
         self.max_steps = max_steps
         self.half_life = half_life
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = sa.create_engine(f"sqlite:///{self.path}")
-        _metadata.create_all(self._engine)
+        self._lock = threading.Lock()
+        self._conn = connect_private(self.path, _SCHEMA)
 
     def __repr__(self) -> str:
         return (
@@ -87,25 +95,32 @@ class ContextStore:
         """Persist ``step`` (redacted) and drop whatever falls out of the window."""
         kept = step.redacted()
         vec = np.asarray(kept.embedding(), dtype="<f4")
-        with self._engine.begin() as conn:
-            conn.execute(
-                _steps.insert().values(
-                    ts=kept.timestamp.timestamp(),
-                    step=kept.model_dump_json(),
-                    embed_version=EMBED_VERSION,
-                    embedding=vec.tobytes(),
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO steps (ts, step, embed_version, embedding) VALUES (?, ?, ?, ?)",
+                    (
+                        kept.timestamp.timestamp(),
+                        kept.model_dump_json(),
+                        EMBED_VERSION,
+                        vec.tobytes(),
+                    ),
                 )
-            )
-            newest = (
-                sa.select(_steps.c.id)
-                .order_by(_steps.c.ts.desc(), _steps.c.id.desc())
-                .limit(self.max_steps)
-            )
-            conn.execute(_steps.delete().where(_steps.c.id.not_in(newest.scalar_subquery())))
+                conn.execute(
+                    "DELETE FROM steps WHERE id NOT IN ("
+                    "SELECT id FROM steps ORDER BY ts DESC, id DESC LIMIT ?)",
+                    (self.max_steps,),
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def __len__(self) -> int:
-        with self._engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(_steps)).scalar_one())
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM steps").fetchone()[0])
 
     def weight(self, timestamp: datetime, now: datetime) -> float:
         """The decay weight of a step stamped ``timestamp``, seen at ``now``."""
@@ -124,13 +139,11 @@ class ContextStore:
         return list(self._iter_window(now))
 
     def _iter_window(self, now: datetime) -> Iterator[WeightedStep]:
-        query = (
-            sa.select(_steps.c.step, _steps.c.embed_version, _steps.c.embedding)
-            .where(_steps.c.ts <= now.timestamp())
-            .order_by(_steps.c.ts, _steps.c.id)
-        )
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT step, embed_version, embedding FROM steps WHERE ts <= ? ORDER BY ts, id",
+                (now.timestamp(),),
+            ).fetchall()
         for raw, version, blob in rows:
             step = AgentStep.model_validate_json(raw)
             if version == EMBED_VERSION:
@@ -147,7 +160,9 @@ class ContextStore:
         return combine((w.embedding for w in items), (w.weight for w in items))
 
     def close(self) -> None:
-        self._engine.dispose()
+        """Close the connection (idempotent); the last close checkpoints and removes the WAL."""
+        with self._lock:
+            self._conn.close()
 
     def __enter__(self) -> ContextStore:
         return self

@@ -12,32 +12,101 @@ envelope already built instead of sealing a second, different one for the same r
 
 Sent rows are kept (bounded by ``keep_sent``) only so that ``dedupe_key`` still recognises
 recent rounds; pending rows are never dropped.
+
+Why the standard library's :mod:`sqlite3` and not an ORM: the device SDK installs without
+the backend's libraries (no SQLAlchemy on a phone). :func:`connect_private` is the one way
+both on-device stores (this one and :mod:`edge_client.context_store`) open their files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import os
+import sqlite3
+import threading
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import NamedTuple
-
-import sqlalchemy as sa
+from typing import Any, NamedTuple
 
 from privacy.wire import utcnow
 
-_metadata = sa.MetaData()
-_outbox = sa.Table(
-    "outbox",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("topic", sa.Text, nullable=False),
-    sa.Column("key", sa.LargeBinary, nullable=True),
-    sa.Column("value", sa.LargeBinary, nullable=False),
-    sa.Column("dedupe_key", sa.Text, nullable=True, unique=True),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("sent_at", sa.Float, nullable=True, index=True),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sqlite_autoincrement=True,  # ids are never reused, even after sent rows are trimmed
-)
+PRIVATE_MODE = 0o600
+"""A device's database files (and their WAL/SHM side files) are readable by their owner only."""
+
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+# The schema SQLAlchemy created before this module used sqlite3 (same table, columns and
+# index names), so existing files open unchanged. AUTOINCREMENT: ids are never reused, even
+# after sent rows are trimmed.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    "key" BLOB,
+    value BLOB NOT NULL,
+    dedupe_key TEXT,
+    created_at FLOAT NOT NULL,
+    sent_at FLOAT,
+    attempts INTEGER NOT NULL,
+    UNIQUE (dedupe_key)
+);
+CREATE INDEX IF NOT EXISTS ix_outbox_sent_at ON outbox (sent_at);
+"""
+
+_ITEM_COLUMNS = 'id, topic, "key", value, attempts, sent_at'
+
+
+def _restrict(path: Path) -> None:
+    """Drop group/other permissions from ``path`` if it exists (older files were 0644)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    # PermissionError: not our file, nothing we can fix here; SQLite then decides access.
+    if mode & 0o077:
+        with suppress(PermissionError):
+            path.chmod(PRIVATE_MODE)
+
+
+def connect_private(path: Path, schema: str) -> sqlite3.Connection:
+    """Open (creating with mode 0600 if missing) the SQLite file ``path`` and apply ``schema``.
+
+    Why each setting:
+
+    - the file is created by :func:`os.open` with mode 0600 before SQLite touches it, so no
+      byte is ever written to a world-readable file; SQLite creates the WAL and SHM side files
+      with the main file's mode, and any side file left by an older version is tightened too;
+    - WAL with ``synchronous=FULL``: a committed transaction survives a power cut, which is
+      what "commit before send" relies on;
+    - ``isolation_level=None``: the stores issue ``BEGIN IMMEDIATE``/``COMMIT`` themselves,
+      so a read-then-write (dedupe check, then insert) holds the write lock throughout;
+    - ``check_same_thread=False``: the objects are shared across threads (a fleet pumps from
+      a background thread); callers serialize access with their own lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
+    os.close(fd)
+    _restrict(path)
+    for suffix in _SIDE_FILES:
+        _restrict(path.with_name(path.name + suffix))
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, schema.split(";")):
+                conn.execute(statement)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        raise
+    for suffix in _SIDE_FILES:  # created by the first transaction; belt and braces
+        _restrict(path.with_name(path.name + suffix))
+    return conn
 
 
 class OutboxItem(NamedTuple):
@@ -52,19 +121,33 @@ class OutboxItem(NamedTuple):
 
 
 class Outbox:
-    """SQLite-backed outbox. Parameters are stored under their own names."""
+    """SQLite-backed outbox. Parameters are stored under their own names.
+
+    Safe to share between threads: one connection, every use under one lock.
+    """
 
     def __init__(self, path: str | Path, keep_sent: int = 100) -> None:
         if keep_sent < 0:
             raise ValueError("keep_sent must be >= 0")
         self.path = Path(path)
         self.keep_sent = keep_sent
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = sa.create_engine(f"sqlite:///{self.path}")
-        _metadata.create_all(self._engine)
+        self._lock = threading.Lock()
+        self._conn = connect_private(self.path, _SCHEMA)
 
     def __repr__(self) -> str:
         return f"Outbox(path={str(self.path)!r}, keep_sent={self.keep_sent})"
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed (durably) on success, rolled back on error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def put(
         self,
@@ -79,78 +162,76 @@ class Outbox:
         With ``dedupe_key`` already present, nothing is stored and the existing id is
         returned (whether that record is still pending or already sent).
         """
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             if dedupe_key is not None:
                 existing = conn.execute(
-                    sa.select(_outbox.c.id).where(_outbox.c.dedupe_key == dedupe_key)
-                ).scalar_one_or_none()
+                    "SELECT id FROM outbox WHERE dedupe_key = ?", (dedupe_key,)
+                ).fetchone()
                 if existing is not None:
-                    return int(existing)
-            result = conn.execute(
-                _outbox.insert().values(
-                    topic=topic,
-                    key=key,
-                    value=value,
-                    dedupe_key=dedupe_key,
-                    created_at=utcnow().timestamp(),
-                    attempts=0,
-                )
+                    return int(existing[0])
+            cursor = conn.execute(
+                'INSERT INTO outbox (topic, "key", value, dedupe_key, created_at, attempts) '
+                "VALUES (?, ?, ?, ?, ?, 0)",
+                (topic, key, value, dedupe_key, utcnow().timestamp()),
             )
-            return int(result.inserted_primary_key[0])
+            assert cursor.lastrowid is not None
+            return int(cursor.lastrowid)
 
     def get(self, id: int) -> OutboxItem | None:
         """Record ``id``, or ``None`` if it never existed or was trimmed after sending."""
-        with self._engine.connect() as conn:
-            row = conn.execute(_select_items().where(_outbox.c.id == id)).one_or_none()
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE id = ?", (id,)
+            ).fetchone()
         return None if row is None else _item(row)
 
     def pending(
         self, limit: int | None = None, topics: Collection[str] | None = None
     ) -> list[OutboxItem]:
         """Unsent records, oldest first; only those for ``topics`` if given."""
-        query = _select_items().where(_outbox.c.sent_at.is_(None)).order_by(_outbox.c.id)
+        sql = f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE sent_at IS NULL"
+        params: list[object] = []
         if topics is not None:
-            query = query.where(_outbox.c.topic.in_(list(topics)))
-        with self._engine.connect() as conn:
-            return [_item(row) for row in conn.execute(query.limit(limit)).all()]
+            topics = list(topics)
+            sql += f" AND topic IN ({', '.join('?' * len(topics))})"
+            params.extend(topics)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(-1 if limit is None else limit)  # SQLite: a negative LIMIT is no limit
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_item(row) for row in rows]
 
     def note_attempt(self, ids: Iterable[int]) -> None:
         """Count a delivery attempt (for operators: how long has this been stuck?)."""
-        ids = list(ids)
-        if not ids:
+        unique = sorted(set(ids))
+        if not unique:
             return
-        with self._engine.begin() as conn:
-            conn.execute(
-                _outbox.update()
-                .where(_outbox.c.id.in_(ids))
-                .values(attempts=_outbox.c.attempts + 1)
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in unique]
             )
 
     def mark_sent(self, ids: Iterable[int]) -> None:
         """Mark records acknowledged by the broker, then trim old sent rows."""
-        ids = list(ids)
-        if not ids:
+        unique = sorted(set(ids))
+        if not unique:
             return
-        with self._engine.begin() as conn:
-            conn.execute(
-                _outbox.update()
-                .where(_outbox.c.id.in_(ids), _outbox.c.sent_at.is_(None))
-                .values(sent_at=utcnow().timestamp())
-            )
-            keep = (
-                sa.select(_outbox.c.id)
-                .where(_outbox.c.sent_at.is_not(None))
-                .order_by(_outbox.c.id.desc())
-                .limit(self.keep_sent)
+        now = utcnow().timestamp()
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE outbox SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
+                [(now, i) for i in unique],
             )
             conn.execute(
-                _outbox.delete().where(
-                    _outbox.c.sent_at.is_not(None), _outbox.c.id.not_in(keep.scalar_subquery())
-                )
+                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND id NOT IN ("
+                "SELECT id FROM outbox WHERE sent_at IS NOT NULL ORDER BY id DESC LIMIT ?)",
+                (self.keep_sent,),
             )
 
     def close(self) -> None:
-        self._engine.dispose()
+        """Close the connection (idempotent); the last close checkpoints and removes the WAL."""
+        with self._lock:
+            self._conn.close()
 
     def __enter__(self) -> Outbox:
         return self
@@ -159,11 +240,6 @@ class Outbox:
         self.close()
 
 
-def _select_items() -> sa.Select:
-    c = _outbox.c
-    return sa.select(c.id, c.topic, c.key, c.value, c.attempts, c.sent_at)
-
-
-def _item(row: sa.Row) -> OutboxItem:
+def _item(row: tuple[Any, ...]) -> OutboxItem:
     id_, topic, key, value, attempts, sent_at = row
     return OutboxItem(int(id_), topic, key, value, int(attempts), sent_at is not None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -100,3 +101,13 @@ def test_invalid_parameters(tmp_path: Path) -> None:
         ContextStore(tmp_path / "b.db", half_life=timedelta(0))
     with ContextStore(tmp_path / "c.db") as store, pytest.raises(ValueError, match="aware"):
         store.window(datetime(2025, 1, 1))
+
+
+def test_files_are_private_to_the_owner(tmp_path: Path) -> None:
+    path = tmp_path / "ctx.db"
+    with ContextStore(path) as store:
+        store.record(step(0, T0))
+        files = list(tmp_path.glob("ctx.db*"))
+        assert {p.name for p in files} >= {"ctx.db", "ctx.db-wal", "ctx.db-shm"}
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), files
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

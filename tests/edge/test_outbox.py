@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+import edge_client
 from edge_client.outbox import Outbox
 
 
@@ -55,3 +62,54 @@ def test_sent_rows_are_trimmed_but_ids_never_reused(tmp_path: Path) -> None:
 def test_invalid_keep_sent(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Outbox(tmp_path / "x.db", keep_sent=-1)
+
+
+def test_files_are_private_to_the_owner(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "outbox.db"
+    with Outbox(path) as box:
+        box.put(b"sealed", "t")
+        files = list(tmp_path.rglob("outbox.db*"))
+        assert {p.name for p in files} >= {"outbox.db", "outbox.db-wal", "outbox.db-shm"}
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+        assert modes == dict.fromkeys(modes, 0o600)
+
+
+def test_a_file_written_by_the_previous_version_opens_and_is_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    old = sqlite3.connect(path)  # the schema SQLAlchemy created, verbatim, world-readable
+    old.executescript(
+        "CREATE TABLE outbox (\n\tid INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, \n\ttopic TEXT "
+        'NOT NULL, \n\t"key" BLOB, \n\tvalue BLOB NOT NULL, \n\tdedupe_key TEXT, \n\tcreated_at '
+        "FLOAT NOT NULL, \n\tsent_at FLOAT, \n\tattempts INTEGER NOT NULL, \n\tUNIQUE (dedupe_key)"
+        "\n);\nCREATE INDEX ix_outbox_sent_at ON outbox (sent_at);\n"
+        "INSERT INTO outbox (topic, key, value, dedupe_key, created_at, attempts) "
+        "VALUES ('t', NULL, x'01', 'd', 0.0, 3);"
+    )
+    old.close()
+    path.chmod(0o644)
+    with Outbox(path) as box:
+        assert [(p.id, p.value, p.attempts) for p in box.pending()] == [(1, b"\x01", 3)]
+        assert box.put(b"other", "t", dedupe_key="d") == 1
+        box.mark_sent([1])
+        assert box.put(b"new", "t") == 2
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_usable_from_another_thread(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.db") as box, ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(lambda i: box.put(bytes([i]), "t", dedupe_key=str(i % 5)), range(20)))
+        assert len(set(ids)) == 5 and len(box.pending()) == 5
+
+
+def test_the_stores_do_not_import_sqlalchemy() -> None:
+    """The device SDK installs without the backend's libraries (tests/test_edge_install.py)."""
+    root = Path(edge_client.__file__).resolve().parents[1]
+    code = (
+        "import sys, edge_client.outbox, edge_client.context_store\n"
+        "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
