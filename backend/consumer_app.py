@@ -86,7 +86,13 @@ class DurableConsumerApp:
     ) -> None:
         self.close()
 
+    def before_close(self) -> None:
+        """Hook: last words while the producer and engine are still open (best effort)."""
+
     def close(self) -> None:
+        if self._engine is not None and self._producer is not None:
+            with contextlib.suppress(Exception):
+                self.before_close()
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 self._consumer.close(autocommit=False)

@@ -115,8 +115,13 @@ def _publish_atomically(path: Path, data: bytes, mode: int) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def load_or_create_signing_key(directory: str | Path) -> Ed25519PrivateKey:
-    """The region's adapter-signing key, created (mode 0600) on first use.
+AUDIT_SIGNING = "audit-signing"  # signs the audit chain heads ingestion publishes
+
+
+def load_or_create_signing_key(
+    directory: str | Path, name: str = "adapter-signing"
+) -> Ed25519PrivateKey:
+    """The region's signing key ``name`` (adapters by default), created (0600) on first use.
 
     Never log or return the key's bytes; hand the object to :func:`learner.publish.ship_lora`.
     """
@@ -124,14 +129,14 @@ def load_or_create_signing_key(directory: str | Path) -> Ed25519PrivateKey:
     priv_dir = directory / "private"
     priv_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(priv_dir, 0o700)
-    path = priv_dir / SIGNING_KEY_FILE
+    path = priv_dir / f"{name}.ed25519"
     if not path.is_file():
         _publish_atomically(path, Ed25519PrivateKey.generate().private_bytes_raw(), 0o600)
     raw = path.read_bytes()
     if len(raw) != 32:
         raise ConfigError(f"{path} is not a raw 32-byte Ed25519 key")
     key = Ed25519PrivateKey.from_private_bytes(raw)
-    pub = directory / SIGNING_PUBLIC_FILE
+    pub = directory / f"{name}.pub"
     if not pub.is_file():
         _publish_atomically(pub, _raw_public(key), 0o644)
     elif pub.read_bytes() != _raw_public(key):
@@ -139,9 +144,9 @@ def load_or_create_signing_key(directory: str | Path) -> Ed25519PrivateKey:
     return key
 
 
-def signing_public_key(directory: str | Path) -> Ed25519PublicKey:
-    """The public half devices trust (from ``adapter-signing.pub``; no private key needed)."""
-    path = Path(directory) / SIGNING_PUBLIC_FILE
+def signing_public_key(directory: str | Path, name: str = "adapter-signing") -> Ed25519PublicKey:
+    """The public half verifiers trust (``<name>.pub``; no private key needed)."""
+    path = Path(directory) / f"{name}.pub"
     if not path.is_file():
-        raise ConfigError(f"no adapter signing key at {path}; start `sotto learn` once")
+        raise ConfigError(f"no {name} key at {path}; start the service that signs once")
     return Ed25519PublicKey.from_public_bytes(path.read_bytes())

@@ -17,7 +17,9 @@ What "no record of region R was produced, stored or learned from outside R" mean
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,13 @@ from cryptography.exceptions import InvalidSignature
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, MetaData, Table, func, inspect, select
 
+from backend import keystore
 from backend.storage import make_engine, reading
 from deploy.settings import SottoSettings
-from ingestion.audit import verify_chain
+from ingestion.audit import AuditHead, current_head, hash_at, verify_chain
 from ingestion.db import audit_log
 from privacy.errors import SottoError
-from privacy.policy import RegionPolicy
+from privacy.policy import RegionConfig, RegionPolicy
 from privacy.wire import utcnow
 
 # tables with a `region` column, by schema owner; a missing table is simply not there yet
@@ -352,6 +355,69 @@ def check_aggregates_match_accepts(engine: Engine, region: str) -> Check:
     )
 
 
+def read_signed_heads(bootstrap: list[str], topic: str, timeout_s: float = 10.0) -> list[AuditHead]:
+    """Every head on the region's compacted audit topic (newest last per key)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not parts:
+            return []
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        heads: list[AuditHead] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in parts):
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    if r.value is not None:
+                        with contextlib.suppress(ValueError):
+                            heads.append(AuditHead.model_validate_json(r.value))
+        return heads
+    finally:
+        consumer.close()
+
+
+def check_signed_head(engine: Engine, region: str, cfg: RegionConfig) -> Check:
+    """The stored chain reaches the newest signed head ingestion published (a truncated tail
+    still verifies from genesis; only a head held elsewhere shows it is missing)."""
+    try:
+        public = keystore.signing_public_key(cfg.keyset_dir, keystore.AUDIT_SIGNING)
+        heads = read_signed_heads(cfg.bootstrap_servers, cfg.t.audit or "")
+    except Exception as exc:  # no key yet, or no broker: unverified is not "fine"
+        return Check(
+            name="signed_head", ok=False,
+            summary=f"could not read the signed audit heads ({type(exc).__name__})",
+            evidence={"error": type(exc).__name__},
+        )  # fmt: skip
+    valid = [h for h in heads if h.region == region and h.verify(public)]
+    forged = len([h for h in heads if h.region == region]) - len(valid)
+    stored_seq, _ = current_head(engine, region)
+    if not valid:
+        return Check(
+            name="signed_head", ok=stored_seq == 0 and not forged,
+            summary="no signed head published yet" + (f"; {forged} with bad signatures" if forged else ""),
+            evidence={"stored_seq": stored_seq, "bad_signatures": forged},
+        )  # fmt: skip
+    newest = max(valid, key=lambda h: h.seq)
+    stored_hash = hash_at(engine, region, newest.seq)
+    ok = stored_hash == newest.hash and not forged
+    if stored_hash is None:
+        summary = f"stored chain ends at {stored_seq}, behind the signed head {newest.seq}"
+    elif stored_hash != newest.hash:
+        summary = f"row {newest.seq} differs from the signed head"
+    else:
+        summary = f"chain reaches the newest signed head ({newest.seq}, signed {newest.at})"
+    if forged:
+        summary += f"; {forged} head(s) with bad signatures"
+    return Check(
+        name="signed_head", ok=ok, summary=summary,
+        evidence={"signed_seq": newest.seq, "stored_seq": stored_seq, "bad_signatures": forged},
+    )  # fmt: skip
+
+
 def audit_region(
     settings: SottoSettings,
     region: str,
@@ -375,6 +441,7 @@ def audit_region(
             check_chain(engine, region, expect_head),
             check_accepts_routed(engine, region, policy, since),
             check_aggregates_match_accepts(engine, region),
+            check_signed_head(engine, region, cfg),
             check_stored_in_region(region, policy, engines),
             check_learned_in_region(engine, region),
             check_rejections(engine, region, since),

@@ -17,6 +17,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Engine, select
 
 from backend.storage import reading
@@ -126,3 +129,61 @@ def verify_chain(engine: Engine, region: str) -> tuple[bool, int | None]:
                 return False, int(m["seq"])
             prev, expected_seq = m["hash"], expected_seq + 1
     return True, None
+
+
+# -- signed chain heads ------------------------------------------------------------------------
+# A chain verifies from genesis to whatever its last row is, so a truncated tail (the newest
+# decisions deleted) still verifies. Ingestion therefore publishes the head it has made durable,
+# signed with the region's audit-signing key, to the region's compacted audit topic; the audit
+# then checks that the stored chain reaches the newest signed head, row hash for row hash.
+
+HEAD_CONTEXT = b"sotto/audit-head/v1"
+
+
+class AuditHead(BaseModel):
+    """One published chain head: ``(region, seq, hash)`` at ``at``, Ed25519-signed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    region: str
+    seq: int
+    hash: str
+    at: str  # ISO-8601 UTC
+    signature: str = ""  # hex
+
+    def message(self) -> bytes:
+        return b"|".join(
+            [HEAD_CONTEXT, self.region.encode(), str(self.seq).encode(), self.hash.encode(),
+             self.at.encode()]
+        )  # fmt: skip
+
+    def signed(self, key: Ed25519PrivateKey) -> AuditHead:
+        return self.model_copy(update={"signature": key.sign(self.message()).hex()})
+
+    def verify(self, public: Ed25519PublicKey) -> bool:
+        try:
+            public.verify(bytes.fromhex(self.signature), self.message())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+def current_head(engine: Engine, region: str) -> tuple[int, str]:
+    """The durable chain head of ``region`` (a read; no lock)."""
+    stmt = (
+        select(audit_log.c.seq, audit_log.c.hash)
+        .where(audit_log.c.region == region)
+        .order_by(audit_log.c.seq.desc())
+        .limit(1)
+    )
+    with reading(engine) as conn:
+        row = conn.execute(stmt).first()
+    return (int(row.seq), str(row.hash)) if row else (0, GENESIS)
+
+
+def hash_at(engine: Engine, region: str, seq: int) -> str | None:
+    """The stored hash of row ``seq`` (None if the chain does not reach it)."""
+    stmt = select(audit_log.c.hash).where(audit_log.c.region == region, audit_log.c.seq == seq)
+    with reading(engine) as conn:
+        value = conn.execute(stmt).scalar()
+    return None if value is None else str(value)

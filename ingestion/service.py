@@ -29,7 +29,9 @@ from kafka import (
     TopicPartition,
 )
 
+from backend import keystore
 from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
+from ingestion import audit
 from ingestion.checkpoint import BatchCheckpoint, DeadLetterError
 from ingestion.db import consumer_offsets, open_database
 from ingestion.keyring import KeyWatcher
@@ -38,6 +40,7 @@ from ingestion.settings import IngestSettings
 from ingestion.stats import IngestStats
 from ingestion.topics import ensure_region_topics
 from ingestion.validator import Validator
+from privacy.errors import SottoError
 from privacy.policy import RegionPolicy
 from privacy.wire import utcnow
 
@@ -87,6 +90,15 @@ class IngestionApp(DurableConsumerApp):
         # (topic, partition, offset) of dead letters the DLQ acknowledged whose batch is not
         # durable yet: a retried batch does not dead-letter them again
         self._dead_lettered: set[tuple[str, int, int]] = set()
+        try:
+            self._audit_key: Any = keystore.load_or_create_signing_key(
+                self.config.keyset_dir, keystore.AUDIT_SIGNING
+            )
+        except (OSError, SottoError) as exc:  # e.g. a read-only key mount without the key
+            self._audit_key = None
+            log.warning("audit_signing_key_unavailable", region=region, error=type(exc).__name__)
+        self._head_at = 0.0
+        self._head_seq = -1
         self._validator = self._new_validator()
         self._log = log.bind(region=region, group=self.group_id)
 
@@ -114,6 +126,33 @@ class IngestionApp(DurableConsumerApp):
         self._consumer.subscribe(self.topics, listener=SeekFromDatabase(self))
         self._log.info("ingestion_started", topics=self.topics)
         return self
+
+    def before_close(self) -> None:
+        self._maybe_publish_head(force=True)
+
+    def _maybe_publish_head(self, force: bool = False) -> None:
+        """Publish the signed durable chain head every ``audit_head_interval_s`` (and on
+        close), so the audit notices a truncated tail. Best effort: a failure is logged and
+        retried at the next interval; it never holds up ingestion."""
+        now = time.monotonic()
+        due = force or now - self._head_at >= self.settings.audit_head_interval_s
+        if self._producer is None or self._audit_key is None or not due:
+            return
+        self._head_at = now
+        try:
+            seq, digest = audit.current_head(self.engine, self.region)
+            if seq == self._head_seq:
+                return
+            head = audit.AuditHead(
+                region=self.region, seq=seq, hash=digest, at=utcnow().isoformat()
+            ).signed(self._audit_key)
+            fut = self._producer.send(
+                self.config.t.audit, key=self.region.encode(), value=head.model_dump_json().encode()
+            )
+            fut.get(timeout=10)
+            self._head_seq = seq
+        except Exception as exc:
+            self._log.warning("audit_head_publish_failed", error=type(exc).__name__)
 
     def _dlq_producer(self) -> KafkaProducer:
         """The DLQ producer. Its request limit admits the largest dead letter a checkpoint
@@ -197,6 +236,7 @@ class IngestionApp(DurableConsumerApp):
             self.failed(exc, self._consumer.assignment() or partitions, "checkpoint_failed")
             return
         self.succeeded()
+        self._maybe_publish_head()
         self._dead_lettered = {  # durable now: no retry of these offsets will happen
             (t, p, o) for t, p, o in self._dead_lettered
             if (t, p) not in cp.spans or o >= cp.spans[(t, p)].next

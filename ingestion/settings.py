@@ -37,6 +37,15 @@ class IngestSettings(BaseModel):
             "whole. Keep it below the DLQ topic's `max.message.bytes` (1 MiB by default).",
         ),
     ] = 256 * 1024
+    audit_head_interval_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Seconds between publications of the signed audit chain head to the "
+            "region's compacted audit topic (also published at shutdown); `sotto audit` fails "
+            "when the stored chain is behind the newest signed head.",
+        ),
+    ] = 30.0
     batch_max_records: Annotated[
         int,
         Field(

@@ -1,7 +1,8 @@
 """Create a region's topics: one place, so every service agrees on their settings.
 
 The adapters topic is compacted from birth (the latest signed adapter per key is what a
-device that joins late must read); the others keep the broker's retention.
+device that joins late must read), and so is the audit topic (the latest signed chain head per
+region); the others keep the broker's retention.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def ensure_region_topics(config: RegionConfig) -> list[str]:
             new = [
                 NewTopic(
                     t, config.partitions, replication_factor=-1,
-                    topic_configs={"cleanup.policy": "compact"} if t == config.t.adapters else {},
+                    topic_configs={"cleanup.policy": "compact"}
+                if t in (config.t.adapters, config.t.audit) else {},
                 )  # fmt: skip
                 for t in missing
             ]

@@ -26,6 +26,14 @@ class Topics(BaseModel):
     aggregates: str
     rounds: str
     adapters: str
+    audit: str | None = None  # signed audit chain heads (compacted); default: <ingest>.audit
+
+    @model_validator(mode="after")
+    def _default_audit(self) -> Topics:
+        if self.audit is None:
+            base = self.ingest.removesuffix(".ingest")
+            object.__setattr__(self, "audit", f"{base}.audit")
+        return self
 
     @classmethod
     def for_region(cls, region: str) -> Topics:
@@ -39,7 +47,10 @@ class Topics(BaseModel):
         )
 
     def all(self) -> list[str]:
-        return [self.ingest, self.dead_letter, self.aggregates, self.rounds, self.adapters]
+        assert self.audit is not None
+        return [
+            self.ingest, self.dead_letter, self.aggregates, self.rounds, self.adapters, self.audit
+        ]  # fmt: skip
 
 
 class RegionConfig(BaseModel):

@@ -133,3 +133,36 @@ def test_audit_fails_when_sums_disagree_with_accepted_records(settings: SottoSet
     check = next(c for c in report.checks if c.name == "aggregates_match_accepts")
     assert not check.ok and not report.ok
     assert check.evidence["mismatches"] == {"k/1": {"accepted": 3, "aggregated": 2}}
+
+
+def test_audit_notices_a_truncated_tail_through_the_signed_head(settings: SottoSettings) -> None:
+    """Deleting the newest decisions leaves a chain that verifies from genesis; the signed head
+    ingestion published to the compacted audit topic is what shows the tail is missing."""
+    from sqlalchemy import delete
+
+    from deploy.compliance import audit_region
+    from ingestion.audit import verify_chain
+
+    rng = np.random.default_rng(12)
+    eu = settings.policy.region("eu")
+    key = keystore.load_keyset(eu.keyset_dir).current()
+    values = [seal(random_summary(rng), key=key, cohort="k", round=0).to_bytes() for _ in range(5)]
+    with IngestionApp(settings.policy, "eu", settings.ingest) as app:
+        produce(settings.kafka_bootstrap or "", eu.t.ingest, values)
+        app.process_available(timeout_s=60)
+        engine = app.engine
+        assert app.stats.accepted == 5
+    # closing published the signed head (seq 5)
+    report = audit_region(settings, "eu")
+    head = next(c for c in report.checks if c.name == "signed_head")
+    assert head.ok, head
+    assert head.evidence["signed_seq"] == 5
+    engine = open_database(eu.database_url)
+    with engine.begin() as conn:  # an insider removes the two newest decisions
+        conn.execute(delete(audit_log).where(audit_log.c.region == "eu", audit_log.c.seq > 3))
+    assert verify_chain(engine, "eu") == (True, None)  # the chain alone cannot tell
+    report = audit_region(settings, "eu")
+    head = next(c for c in report.checks if c.name == "signed_head")
+    assert not head.ok and not report.ok
+    assert "behind the signed head 5" in head.summary
+    engine.dispose()
