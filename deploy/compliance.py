@@ -418,6 +418,65 @@ def check_signed_head(engine: Engine, region: str, cfg: RegionConfig) -> Check:
     )  # fmt: skip
 
 
+def check_backlog(
+    engine: Engine, cfg: RegionConfig, group_id: str, max_age_s: float = 900.0
+) -> Check:
+    """Nothing on the region's ingest topic older than ``max_age_s`` is still undecided: per
+    partition, the first record past the durable offset (if any) must be younger. Old records
+    without a decision mean ingestion is stuck or was stopped (a wedge the chain cannot show)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    offsets = _table(engine, "consumer_offsets")
+    durable: dict[int, int] = {}
+    if offsets is not None:
+        with reading(engine) as conn:
+            rows = conn.execute(
+                select(offsets.c.partition, offsets.c.next_offset).where(
+                    offsets.c.group_id == group_id, offsets.c.topic == cfg.t.ingest
+                )
+            )
+            durable = {int(p): int(n) for p, n in rows}
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, enable_auto_commit=False)
+    except Exception as exc:
+        return Check(name="no_backlog", ok=False,
+                     summary=f"could not read the ingest topic ({type(exc).__name__})")  # fmt: skip
+    stale: dict[str, float] = {}
+    try:
+        parts = [TopicPartition(cfg.t.ingest, p)
+                 for p in sorted(consumer.partitions_for_topic(cfg.t.ingest) or [])]  # fmt: skip
+        if parts:
+            consumer.assign(parts)
+            begins, ends = consumer.beginning_offsets(parts), consumer.end_offsets(parts)
+            now = time.time()
+            for tp in parts:
+                start = max(durable.get(tp.partition, 0), begins[tp])
+                if start >= ends[tp]:
+                    continue
+                consumer.seek(tp, start)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    got = consumer.poll(timeout_ms=500, max_records=1).get(tp)
+                    if got:
+                        age = now - got[0].timestamp / 1000.0
+                        if age > max_age_s:
+                            stale[f"{tp.topic}[{tp.partition}]@{start}"] = round(age, 1)
+                        break
+                consumer.pause(tp)
+    finally:
+        consumer.close()
+    return Check(
+        name="no_backlog",
+        ok=not stale,
+        summary=(
+            f"no undecided record older than {max_age_s:.0f}s on the ingest topic"
+            if not stale
+            else f"{len(stale)} partition(s) hold undecided records older than {max_age_s:.0f}s"
+        ),
+        evidence={"stale_partitions": stale, "durable": {str(k): v for k, v in durable.items()}},
+    )
+
+
 def audit_region(
     settings: SottoSettings,
     region: str,
@@ -442,6 +501,7 @@ def audit_region(
             check_accepts_routed(engine, region, policy, since),
             check_aggregates_match_accepts(engine, region),
             check_signed_head(engine, region, cfg),
+            check_backlog(engine, cfg, f"{settings.ingest.group_prefix}-{region}"),
             check_stored_in_region(region, policy, engines),
             check_learned_in_region(engine, region),
             check_rejections(engine, region, since),

@@ -166,3 +166,25 @@ def test_audit_notices_a_truncated_tail_through_the_signed_head(settings: SottoS
     assert not head.ok and not report.ok
     assert "behind the signed head 5" in head.summary
     engine.dispose()
+
+
+def test_audit_reports_an_undecided_backlog(settings: SottoSettings) -> None:
+    """Records nobody decided on for longer than the threshold fail the audit (a wedged or
+    stopped ingestion), even though every stored decision is consistent."""
+    from deploy.compliance import check_backlog
+
+    rng = np.random.default_rng(13)
+    eu = settings.policy.region("eu")
+    key = keystore.load_keyset(eu.keyset_dir).current()
+    group = f"{settings.ingest.group_prefix}-eu"
+    with IngestionApp(settings.policy, "eu", settings.ingest) as app:
+        produce(settings.kafka_bootstrap or "", eu.t.ingest,
+                [seal(random_summary(rng), key=key, cohort="k", round=0).to_bytes()])  # fmt: skip
+        app.process_available(timeout_s=60)
+        engine = app.engine
+        assert check_backlog(engine, eu, group, max_age_s=0.0).ok  # all decided
+        produce(settings.kafka_bootstrap or "", eu.t.ingest,
+                [seal(random_summary(rng), key=key, cohort="k", round=0).to_bytes()])  # fmt: skip
+        check = check_backlog(engine, eu, group, max_age_s=0.0)  # one record left undecided
+        assert not check.ok and len(check.evidence["stale_partitions"]) == 1
+        assert check_backlog(engine, eu, group, max_age_s=3600.0).ok  # young: not a backlog
