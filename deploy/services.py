@@ -24,7 +24,18 @@ from privacy.ledger import Budget
 def _metrics(
     port: int | None, service: str, region: str, stats: Any, gauges: Any, state: Any, host: str
 ) -> Iterator[None]:
-    server = serve_service(port, service, region, stats, gauges, state, host)
+    def all_gauges() -> list[tuple[str, str, dict[str, str], float]]:
+        h = state()
+        health = [
+            ("sotto_ready", "1 when the service is ready", {"service": service}, float(h["ready"])),
+            ("sotto_consecutive_failures", "infrastructure faults being retried (stalls)",
+             {"service": service}, float(h["consecutive_failures"])),
+        ]  # fmt: skip
+        if h.get("lag") is not None:
+            health.append(("sotto_lag", "records behind the log end", {"service": service}, h["lag"]))
+        return [*health, *gauges()]
+
+    server = serve_service(port, service, region, stats, all_gauges, state, host)
     try:
         yield
     finally:
