@@ -152,9 +152,11 @@ class DurableConsumerApp:
                 consumer.seek(tp, offset)
         self._log.info(
             "partitions_assigned",
-            partitions={f"{tp.topic}[{tp.partition}]": stored.get((tp.topic, tp.partition), 0)
-                        for tp in partitions},
-        )  # fmt: skip
+            partitions={
+                f"{tp.topic}[{tp.partition}]": stored.get((tp.topic, tp.partition), 0)
+                for tp in partitions
+            },
+        )
 
     # -- infrastructure faults --------------------------------------------------------------
     def rewind(self, partitions: Any, exc: BaseException | None = None) -> None:
@@ -169,9 +171,11 @@ class DurableConsumerApp:
         self.consecutive_failures += 1
         self.last_failure = type(exc).__name__
         self._log.warning(
-            event, error=type(exc).__name__, detail=str(exc)[:300],
+            event,
+            error=type(exc).__name__,
+            detail=str(exc)[:300],
             consecutive=self.consecutive_failures,
-        )  # fmt: skip
+        )
         self.rewind(partitions)
         RETRY.sleep(self.consecutive_failures, self._stop)
 
@@ -233,8 +237,9 @@ class DurableConsumerApp:
         except Exception as exc:
             self.consecutive_failures += 1
             self.last_failure = type(exc).__name__
-            self._log.warning("rewind_failed", error=type(exc).__name__,
-                              consecutive=self.consecutive_failures)  # fmt: skip
+            self._log.warning(
+                "rewind_failed", error=type(exc).__name__, consecutive=self.consecutive_failures
+            )
             RETRY.sleep(self.consecutive_failures, self._stop)
             return False
         self._rewind = None
@@ -280,7 +285,9 @@ class DurableConsumerApp:
         self.on_idle()
         return handled
 
-    def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> Any:
+    def run(
+        self, stop_event: threading.Event | None = None, max_idle_s: float | None = None
+    ) -> Any:
         """Run until ``stop_event``/``stop()``/SIGTERM/SIGINT, or ``max_idle_s`` without records.
 
         A signal only sets a flag: the batch in hand is checkpointed before the loop returns.

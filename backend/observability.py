@@ -158,10 +158,18 @@ def serve_service(
     started = time.time()
 
     def health() -> dict[str, Any]:
-        answer = state() if state is not None else {"ok": False, "live": True, "ready": False,
-                                                    "problems": ["no health source"]}  # fmt: skip
+        answer = (
+            state()
+            if state is not None
+            else {"ok": False, "live": True, "ready": False, "problems": ["no health source"]}
+        )
         counters = {k: v for k, v in snapshot().items() if isinstance(v, int | float)}
-        return {"service": service, "region": region,
-                "uptime_s": round(time.time() - started, 1), **counters, **answer}  # fmt: skip
+        return {
+            "service": service,
+            "region": region,
+            "uptime_s": round(time.time() - started, 1),
+            **counters,
+            **answer,
+        }
 
     return MetricsServer(port, health, host).__enter__()

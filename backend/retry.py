@@ -34,7 +34,9 @@ class RetryPolicy:
     jitter_s: float = 0.2
 
     def _wait(self) -> wait_exponential_jitter:
-        return wait_exponential_jitter(multiplier=self.initial_s, max=self.max_s, jitter=self.jitter_s)
+        return wait_exponential_jitter(
+            multiplier=self.initial_s, max=self.max_s, jitter=self.jitter_s
+        )
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after the ``attempt``-th consecutive failure (1-based)."""

@@ -82,7 +82,9 @@ def alembic_config(url: str, migrations_dir: Path) -> Any:
 def _advisory_lock(conn: Connection, migrations_dir: Path) -> None:
     """Serialize concurrent upgrades of one schema owner on PostgreSQL (released at commit)."""
     if conn.dialect.name == "postgresql":
-        key = zlib.crc32(f"sotto-migrate:{migrations_dir.name}:{migrations_dir.parent.name}".encode())
+        key = zlib.crc32(
+            f"sotto-migrate:{migrations_dir.name}:{migrations_dir.parent.name}".encode()
+        )
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 

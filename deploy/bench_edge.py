@@ -67,9 +67,13 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
 
     def signed(version: int):  # type: ignore[no-untyped-def]
         return ship_lora(
-            lora, base_model_sha256=sha, version=version, region="cn", cohort="cn-c0",
+            lora,
+            base_model_sha256=sha,
+            version=version,
+            region="cn",
+            cohort="cn-c0",
             private_key=key,
-        )  # fmt: skip
+        )
 
     device = DeviceModel(onnx_bytes, key.public_key(), "cn", "cn-c0", device_id=dev.device_id)
     swaps = []
@@ -91,14 +95,23 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
     adapters = {1: lora, 2: lora, 3: lora}
     n = neighbours + 1
     rplan = plan_round(
-        "bench-edge", n=n, dim=LAYOUT_V1.dim, clip=LAYOUT_V1.clip, scale=2.0**12,
-        epsilon=1.0, delta=1e-5, k=neighbours,
-    )  # fmt: skip
+        "bench-edge",
+        n=n,
+        dim=LAYOUT_V1.dim,
+        clip=LAYOUT_V1.clip,
+        scale=2.0**12,
+        epsilon=1.0,
+        delta=1e-5,
+        k=neighbours,
+    )
     priv = PrivateKey.generate("cn-k1")
     entry = KeyEntry(
-        key_id="cn-k1", region="cn", public_key=b64e(priv.public_bytes()),
-        status=KeyStatus("current"), created_at=utcnow(),
-    )  # fmt: skip
+        key_id="cn-k1",
+        region="cn",
+        public_key=b64e(priv.public_bytes()),
+        status=KeyStatus("current"),
+        created_at=utcnow(),
+    )
     rng = SystemRandomness()
     builds, envelope_bytes = [], 0
     for _ in range(repeats):
@@ -113,9 +126,12 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
             stats.client_seconds[0].get(k, 0.0) for k in ("advertise", "shares", "masked")
         )
         masked = MaskedInput(  # same size as the client's real message (masked words)
-            round_id="bench-edge", sender=0, bits=rplan.params.bits, dim=LAYOUT_V1.dim,
+            round_id="bench-edge",
+            sender=0,
+            bits=rplan.params.bits,
+            dim=LAYOUT_V1.dim,
             data=np.zeros(LAYOUT_V1.dim, dtype=prg.mask_dtype(rplan.params.bits)).tobytes(),
-        )  # fmt: skip
+        )
         t1 = time.perf_counter()
         env = seal(masked, key=entry, cohort="cn-c0", round=1)
         t_seal = time.perf_counter() - t1

@@ -89,9 +89,12 @@ def _produce(settings: SottoSettings, n: int, progress: bool) -> list[int]:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, 128)).astype(np.float32)
     producer = KafkaProducer(
-        bootstrap_servers=region.bootstrap_servers, acks="all", linger_ms=20,
-        batch_size=256 * 1024, compression_type=None,
-    )  # fmt: skip
+        bootstrap_servers=region.bootstrap_servers,
+        acks="all",
+        linger_ms=20,
+        batch_size=256 * 1024,
+        compression_type=None,
+    )
     sizes: list[int] = []
     console = Console(stderr=True)
     with Progress(console=console, disable=not progress, transient=True) as bar:
@@ -138,10 +141,11 @@ def _measure_raw(settings: SottoSettings, n: int) -> float:
 
     region = settings.policy.region("eu")
     consumer = KafkaConsumer(
-        bootstrap_servers=region.bootstrap_servers, group_id=None,
+        bootstrap_servers=region.bootstrap_servers,
+        group_id=None,
         max_poll_records=settings.ingest.batch_max_records,
         **{k: v for k, v in CONSUMER_DEFAULTS.items() if k != "enable_auto_commit"},
-    )  # fmt: skip
+    )
     try:
         parts = consumer.partitions_for_topic(region.t.ingest) or set()
         tps = [TopicPartition(region.t.ingest, p) for p in sorted(parts)]
@@ -173,7 +177,10 @@ def run_ingest_bench(
     """Produce ``n`` envelopes, time the pipeline and a bare consumer on them; one dict out."""
     if n < 1:
         raise ValueError("n must be positive")
-    with tempfile.TemporaryDirectory(prefix="sotto-bench-") as tmp, _broker(target, Path(tmp)) as boot:
+    with (
+        tempfile.TemporaryDirectory(prefix="sotto-bench-") as tmp,
+        _broker(target, Path(tmp)) as boot,
+    ):
         settings = _deployment(Path(tmp) / "home", boot, uuid.uuid4().hex[:8])
         from ingestion.service import IngestionApp
 

@@ -246,6 +246,8 @@ def run_secagg_bench(
         else:
             out["flower_server_unmask_s"] = None
             out["speedup_vs_flower"] = None
-            out["flower_method"] = "flwr not installed: run `make bench` (installs it without its pins)"
+            out["flower_method"] = (
+                "flwr not installed: run `make bench` (installs it without its pins)"
+            )
     out["bench_wall_s"] = round(time.perf_counter() - t0, 2)
     return out

@@ -39,10 +39,19 @@ from privacy.wire import utcnow
 
 # tables with a `region` column, by schema owner; a missing table is simply not there yet
 REGION_TABLES = (
-    "audit_log", "seen_messages", "aggregates", "rounds", "round_messages", "round_checkins",
-    "round_releases", "privacy_ledgers", "adapter_versions", "adapter_events", "learner_state",
+    "audit_log",
+    "seen_messages",
+    "aggregates",
+    "rounds",
+    "round_messages",
+    "round_checkins",
+    "round_releases",
+    "privacy_ledgers",
+    "adapter_versions",
+    "adapter_events",
+    "learner_state",
     "learner_releases",
-)  # fmt: skip
+)
 
 
 class Check(BaseModel):
@@ -244,10 +253,16 @@ def check_adapters(engine: Engine, region: str, keyset_dir: str) -> Check:
     for row in rows:
         m = row._mapping
         entry = {
-            "cohort": m["cohort"], "version": int(m["version"]), "parent": m["parent_version"],
-            "status": m["status"], "rounds": m["rounds"], "epsilon_spent": m["epsilon_spent"],
-            "artifact_sha256": m["artifact_sha256"], "signature": m["signature"], "signature_valid": None,
-        }  # fmt: skip
+            "cohort": m["cohort"],
+            "version": int(m["version"]),
+            "parent": m["parent_version"],
+            "status": m["status"],
+            "rounds": m["rounds"],
+            "epsilon_spent": m["epsilon_spent"],
+            "artifact_sha256": m["artifact_sha256"],
+            "signature": m["signature"],
+            "signature_valid": None,
+        }
         if m["manifest"] is not None and m["signature"] and m["adapter"] is not None:
             manifest = AdapterManifest.model_validate(m["manifest"])
             valid = public is not None
@@ -361,7 +376,9 @@ def read_signed_heads(bootstrap: list[str], topic: str, timeout_s: float = 10.0)
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
         if not parts:
             return []
         consumer.assign(parts)
@@ -388,19 +405,22 @@ def check_signed_head(engine: Engine, region: str, cfg: RegionConfig) -> Check:
         heads = read_signed_heads(cfg.bootstrap_servers, cfg.t.audit or "")
     except Exception as exc:  # no key yet, or no broker: unverified is not "fine"
         return Check(
-            name="signed_head", ok=False,
+            name="signed_head",
+            ok=False,
             summary=f"could not read the signed audit heads ({type(exc).__name__})",
             evidence={"error": type(exc).__name__},
-        )  # fmt: skip
+        )
     valid = [h for h in heads if h.region == region and h.verify(public)]
     forged = len([h for h in heads if h.region == region]) - len(valid)
     stored_seq, _ = current_head(engine, region)
     if not valid:
         return Check(
-            name="signed_head", ok=stored_seq == 0 and not forged,
-            summary="no signed head published yet" + (f"; {forged} with bad signatures" if forged else ""),
+            name="signed_head",
+            ok=stored_seq == 0 and not forged,
+            summary="no signed head published yet"
+            + (f"; {forged} with bad signatures" if forged else ""),
             evidence={"stored_seq": stored_seq, "bad_signatures": forged},
-        )  # fmt: skip
+        )
     newest = max(valid, key=lambda h: h.seq)
     stored_hash = hash_at(engine, region, newest.seq)
     ok = stored_hash == newest.hash and not forged
@@ -413,9 +433,11 @@ def check_signed_head(engine: Engine, region: str, cfg: RegionConfig) -> Check:
     if forged:
         summary += f"; {forged} head(s) with bad signatures"
     return Check(
-        name="signed_head", ok=ok, summary=summary,
+        name="signed_head",
+        ok=ok,
+        summary=summary,
         evidence={"signed_seq": newest.seq, "stored_seq": stored_seq, "bad_signatures": forged},
-    )  # fmt: skip
+    )
 
 
 def check_backlog(
@@ -439,12 +461,17 @@ def check_backlog(
     try:
         consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, enable_auto_commit=False)
     except Exception as exc:
-        return Check(name="no_backlog", ok=False,
-                     summary=f"could not read the ingest topic ({type(exc).__name__})")  # fmt: skip
+        return Check(
+            name="no_backlog",
+            ok=False,
+            summary=f"could not read the ingest topic ({type(exc).__name__})",
+        )
     stale: dict[str, float] = {}
     try:
-        parts = [TopicPartition(cfg.t.ingest, p)
-                 for p in sorted(consumer.partitions_for_topic(cfg.t.ingest) or [])]  # fmt: skip
+        parts = [
+            TopicPartition(cfg.t.ingest, p)
+            for p in sorted(consumer.partitions_for_topic(cfg.t.ingest) or [])
+        ]
         if parts:
             consumer.assign(parts)
             begins, ends = consumer.beginning_offsets(parts), consumer.end_offsets(parts)

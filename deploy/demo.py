@@ -66,9 +66,15 @@ def _loop_table(summary: dict[str, Any]) -> Table:
         table.add_column(col)
     for key, c in sorted(summary["cohorts"].items()):
         table.add_row(
-            key, str(c["released"]), f"{c['epsilon_spent']:.2f}", f"v{c['live_version']}",
-            f"{c['hit1_base']:.3f}", f"{c['hit1_live']:.3f}", str(c["promotions"]), str(c["rollbacks"]),
-        )  # fmt: skip
+            key,
+            str(c["released"]),
+            f"{c['epsilon_spent']:.2f}",
+            f"v{c['live_version']}",
+            f"{c['hit1_base']:.3f}",
+            f"{c['hit1_live']:.3f}",
+            str(c["promotions"]),
+            str(c["rollbacks"]),
+        )
     return table
 
 
@@ -120,10 +126,17 @@ def run_demo(
     if home.exists():
         shutil.rmtree(home)
     report: dict[str, Any] = {
-        "status": "running", "regions": list(regions),
-        "config": {"rounds": rounds, "devices_per_cohort": devices, "cohorts_per_region": cohorts,
-                   "epsilon_per_round": epsilon_per_round, "budget_epsilon": budget_epsilon, "seed": seed},
-    }  # fmt: skip
+        "status": "running",
+        "regions": list(regions),
+        "config": {
+            "rounds": rounds,
+            "devices_per_cohort": devices,
+            "cohorts_per_region": cohorts,
+            "epsilon_per_round": epsilon_per_round,
+            "budget_epsilon": budget_epsilon,
+            "seed": seed,
+        },
+    }
     t0 = time.perf_counter()
     loops: list[Any] = []
     closed: set[int] = set()
@@ -147,15 +160,23 @@ def run_demo(
             cfg = LoopConfig(
                 rounds=rounds, epsilon_per_round=epsilon_per_round, budget_epsilon=budget_epsilon
             )
-            pop = Population(seed=seed, regions=regions, cohorts_per_region=cohorts, devices_per_cohort=devices,
-                             drift_rounds=(max(1, rounds // 2),))  # fmt: skip
+            pop = Population(
+                seed=seed,
+                regions=regions,
+                cohorts_per_region=cohorts,
+                devices_per_cohort=devices,
+                drift_rounds=(max(1, rounds // 2),),
+            )
             cache = StepCache(pop)
             with console.status("building the base model and starting each region's services"):
                 for region in regions:
                     loop = RegionLoop(settings, region, cache, cfg, home)
                     loops.append(loop.__enter__())
-            report["loop"] = {"budget_epsilon": budget_epsilon, "drift_rounds": [d.round for d in pop.drifts],
-                              "devices": len(pop.devices)}  # fmt: skip
+            report["loop"] = {
+                "budget_epsilon": budget_epsilon,
+                "drift_rounds": [d.round for d in pop.drifts],
+                "devices": len(pop.devices),
+            }
             columns = [
                 TextColumn("{task.description}"),
                 BarColumn(),

@@ -111,7 +111,9 @@ def run_foundation(
     sent: dict[str, list[bytes]] = {r: [] for r in regions}
     outcomes = {r: RegionOutcome(region=r) for r in regions}
     devices = [
-        EdgeDevice(d.device_id, d.region, d.cohort, settings.policy, workdir / "devices" / d.device_id)
+        EdgeDevice(
+            d.device_id, d.region, d.cohort, settings.policy, workdir / "devices" / d.device_id
+        )
         for d in pop.devices
     ]
     try:
@@ -154,9 +156,12 @@ def _read_some(bootstrap: list[str], topic: str, limit: int = 4) -> list[bytes]:
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=3000,
-    )  # fmt: skip
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=3000,
+    )
     try:
         out: list[bytes] = []
         for msg in consumer:

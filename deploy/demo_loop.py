@@ -103,7 +103,12 @@ class RegionLoop:
             self.region,
             budget=Budget(epsilon=self.config.budget_epsilon, delta=self.config.budget_delta),
         )
-        self.learner = LearnerApp(self.settings.policy, self.region, self.settings.learner, base=lambda: deployment_base(self.settings.home))
+        self.learner = LearnerApp(
+            self.settings.policy,
+            self.region,
+            self.settings.learner,
+            base=lambda: deployment_base(self.settings.home),
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -119,17 +124,26 @@ class RegionLoop:
             for c in self.cohorts
         }
         self.fleet = DeviceFleet(
-            self.settings.policy, self.region, self.devices, self._contribution,
-            self.workdir / f"fleet-{self.region}", drop=_split_drop(self.flaky),
-            keep_inputs=False, layout=LAYOUT_V1.name,
-        )  # fmt: skip
+            self.settings.policy,
+            self.region,
+            self.devices,
+            self._contribution,
+            self.workdir / f"fleet-{self.region}",
+            drop=_split_drop(self.flaky),
+            keep_inputs=False,
+            layout=LAYOUT_V1.name,
+        )
         self.fleet.start()
         self.feed = AdapterFeed(cfg.bootstrap_servers, cfg.t.adapters)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for closer in (self.fleet.close, self.feed.close, lambda: self.learner.__exit__(None, None, None),
-                       lambda: self.svc.__exit__(None, None, None)):  # fmt: skip
+        for closer in (
+            self.fleet.close,
+            self.feed.close,
+            lambda: self.learner.__exit__(None, None, None),
+            lambda: self.svc.__exit__(None, None, None),
+        ):
             # closing everything matters more than the first error
             with contextlib.suppress(Exception):
                 closer()
@@ -160,11 +174,17 @@ class RegionLoop:
                 m = item.manifest
                 weights = adapter_from_bytes(verify(item, self.public_key)).weights
                 self.weights[cohort][m.version] = weights
-                self.events.append({
-                    "round": self.current_round, "region": self.region, "cohort": cohort,
-                    "version": m.version, "kind": m.kind, "rollout_fraction": m.rollout_fraction,
-                    "parent": m.parent_version,
-                })  # fmt: skip
+                self.events.append(
+                    {
+                        "round": self.current_round,
+                        "region": self.region,
+                        "cohort": cohort,
+                        "version": m.version,
+                        "kind": m.kind,
+                        "rollout_fraction": m.rollout_fraction,
+                        "parent": m.parent_version,
+                    }
+                )
 
     # --- one round -------------------------------------------------------------------------
 
@@ -179,16 +199,18 @@ class RegionLoop:
         self.fleet.checkin()
         self.svc.app.process_available(timeout_s=30)  # the check-ins must be stored to be sampled
         spec = RoundSpec(
-            layout=LAYOUT_V1.name, dim=LAYOUT_V1.dim, clip=LAYOUT_V1.clip,
-            epsilon=self.config.epsilon_per_round, delta=self.config.delta,
-            stage_timeout_s=self.config.stage_timeout_s, min_participants=3,
+            layout=LAYOUT_V1.name,
+            dim=LAYOUT_V1.dim,
+            clip=LAYOUT_V1.clip,
+            epsilon=self.config.epsilon_per_round,
+            delta=self.config.delta,
+            stage_timeout_s=self.config.stage_timeout_s,
+            min_participants=3,
             dropout=self.config.dropout or None,  # size the graph for the flaky share
-        )  # fmt: skip
+        )
         opened: dict[str, str] = {}
         for c in self.cohorts:
-            res = self.svc.coordinator.open_round(
-                c, spec, adapter_plan=self.plans[c]
-            )
+            res = self.svc.coordinator.open_round(c, spec, adapter_plan=self.plans[c])
             opened[c] = res.round_id
             if res.status != "open":
                 self.refusals.append({"round": r, "cohort": c, "reason": res.reason[:300]})
@@ -218,13 +240,17 @@ class RegionLoop:
             # the cohort's live adapter is the plan's (the reference device may be a canary)
             live = plan.live_version or 0
             rec = RoundRecord(
-                round=r, region=self.region, cohort=c, status=status,
-                epsilon_spent=spent.get(c, 0.0), live_version=live,
+                round=r,
+                region=self.region,
+                cohort=c,
+                status=status,
+                epsilon_spent=spent.get(c, 0.0),
+                live_version=live,
                 candidate_version=cand,
                 hit1_base=self._hit1(held, None),
                 hit1_live=self._hit1(held, self.weights[c].get(live)),
                 hit1_candidate=self._hit1(held, self.weights[c].get(cand)) if cand else None,
-            )  # fmt: skip
+            )
             rel = _release_row(self.svc.app.engine, self.region, c, opened[c])
             if rel is not None:
                 rec.participants, rec.dropped = rel

@@ -73,9 +73,11 @@ def plot_rollouts(events: list[dict[str, Any]], cohorts: list[str], path: Path) 
     fig, ax = plt.subplots(figsize=(6, 0.6 + 0.45 * max(1, len(cohorts))))
     ypos = {c: i for i, c in enumerate(cohorts)}
     styles = {
-        "shadow": ("s", "tab:gray"), "canary": ("^", "tab:orange"), "live": ("o", "tab:green"),
+        "shadow": ("s", "tab:gray"),
+        "canary": ("^", "tab:orange"),
+        "live": ("o", "tab:green"),
         "rollback": ("v", "tab:red"),
-    }  # fmt: skip
+    }
     seen: set[str] = set()
     placed: dict[tuple[int, str], int] = defaultdict(int)
     for e in events:

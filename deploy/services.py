@@ -28,11 +28,17 @@ def _metrics(
         h = state()
         health = [
             ("sotto_ready", "1 when the service is ready", {"service": service}, float(h["ready"])),
-            ("sotto_consecutive_failures", "infrastructure faults being retried (stalls)",
-             {"service": service}, float(h["consecutive_failures"])),
-        ]  # fmt: skip
+            (
+                "sotto_consecutive_failures",
+                "infrastructure faults being retried (stalls)",
+                {"service": service},
+                float(h["consecutive_failures"]),
+            ),
+        ]
         if h.get("lag") is not None:
-            health.append(("sotto_lag", "records behind the log end", {"service": service}, h["lag"]))
+            health.append(
+                ("sotto_lag", "records behind the log end", {"service": service}, h["lag"])
+            )
         return [*health, *gauges()]
 
     server = serve_service(port, service, region, stats, all_gauges, state, host)
@@ -56,7 +62,15 @@ def run_ingest(
     configure_logging(settings.log_level, settings.log_json)
     with IngestionApp(settings.policy, region, settings.ingest) as app:
         gauges = lambda: region_gauges(app.engine, region)  # noqa: E731
-        with _metrics(metrics_port, "ingest", region, app.stats.as_dict, gauges, app.health, settings.ingest.metrics_host):
+        with _metrics(
+            metrics_port,
+            "ingest",
+            region,
+            app.stats.as_dict,
+            gauges,
+            app.health,
+            settings.ingest.metrics_host,
+        ):
             return app.run(max_idle_s=max_idle_s)
 
 
@@ -72,7 +86,12 @@ def run_round_service(
     with RoundService(settings.policy, region, settings.ingest, budget=budget) as service:
         gauges = lambda: region_gauges(service.app.engine, region)  # noqa: E731
         with _metrics(
-            metrics_port, "ingest", region, service.app.stats.as_dict, gauges, service.app.health,
+            metrics_port,
+            "ingest",
+            region,
+            service.app.stats.as_dict,
+            gauges,
+            service.app.health,
             settings.ingest.metrics_host,
         ):
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,14 +118,22 @@ def run_learn(
     configure_logging(settings.log_level, settings.log_json)
     torch.set_num_threads(1)  # one region's learner must not take every core of the host
     app = LearnerApp(
-        settings.policy, region, settings.learner,
+        settings.policy,
+        region,
+        settings.learner,
         base=lambda: deployment_base(settings.home),
-        learner_factory=learner_factory, group_id=group_id,
-    )  # fmt: skip
+        learner_factory=learner_factory,
+        group_id=group_id,
+    )
     with app:
         gauges = lambda: adapter_gauges(app.engine, region)  # noqa: E731
         with _metrics(
-            metrics_port, "learn", region, app.stats.as_dict, gauges, app.health,
+            metrics_port,
+            "learn",
+            region,
+            app.stats.as_dict,
+            gauges,
+            app.health,
             settings.learner.metrics_host,
         ):
             return app.run(max_idle_s=max_idle_s)

@@ -48,19 +48,21 @@ class KafkaSettings(BaseModel):
     port: Annotated[
         int,
         Field(
-            ge=1, le=65535,
+            ge=1,
+            le=65535,
             description="Client port of the local broker; also the bootstrap `sotto init` "
             "writes into the region policy (`127.0.0.1:<port>`) when none is given.",
         ),
-    ] = 9092  # fmt: skip
+    ] = 9092
     controller_port: Annotated[
         int,
         Field(
-            ge=0, le=65535,
+            ge=0,
+            le=65535,
             description="KRaft controller port of the local broker; `0` means `port + 1`. "
             "Set it when `port + 1` is taken.",
         ),
-    ] = 0  # fmt: skip
+    ] = 0
     data_dir: Path = Field(
         Path(".sotto/kafka"),
         description="KRaft storage, pid file and `kafka.log` of the local broker (relative "
@@ -239,8 +241,11 @@ def unknown_keys() -> list[str]:
             out.append(f"{path}: {k}")
     env_names = {env_var(s, n) for s, n in known} | {ENV_PREFIX + s.upper() for s in sections}
     env_names.add("SOTTO_CONFIG")
-    out += [f"environment: {k}" for k in sorted(os.environ) if k.upper().startswith(ENV_PREFIX)
-            and k.upper() not in env_names]  # fmt: skip
+    out += [
+        f"environment: {k}"
+        for k in sorted(os.environ)
+        if k.upper().startswith(ENV_PREFIX) and k.upper() not in env_names
+    ]
     return out
 
 
@@ -281,8 +286,12 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-_BOUNDS = {annotated_types.Ge: "≥", annotated_types.Gt: ">", annotated_types.Le: "≤",
-           annotated_types.Lt: "<"}  # fmt: skip
+_BOUNDS = {
+    annotated_types.Ge: "≥",
+    annotated_types.Gt: ">",
+    annotated_types.Le: "≤",
+    annotated_types.Lt: "<",
+}
 
 
 def _type_doc(info: FieldInfo) -> str:
@@ -317,9 +326,15 @@ def render_markdown() -> str:
                 heading, about = "Top level", "Options outside any table of `sotto.toml`."
             else:
                 heading, about = f"`[{section}]`", SottoSettings.model_fields[section].description
-            lines += ["", f"### {heading}", "", str(about), "",
-                      "| option | env var | type | default | description |",
-                      "|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                f"### {heading}",
+                "",
+                str(about),
+                "",
+                "| option | env var | type | default | description |",
+                "|---|---|---|---|---|",
+            ]
         option = f"{section}.{name}" if section else name
         desc = (info.description or "").replace("|", "\\|")
         lines.append(

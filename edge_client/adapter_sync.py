@@ -121,9 +121,13 @@ class AdapterFeed:
         self.topic = topic
         self.stats = SyncStats()
         self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id="sotto-device-adapters", **consumer_config,
-        )  # fmt: skip
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="sotto-device-adapters",
+            **consumer_config,
+        )
         self._assigned: list[TopicPartition] = []
 
     def _assign(self) -> bool:
@@ -251,4 +255,3 @@ def _apply_withdrawn(device: DeviceModel, item: Withdrawn) -> Applied:
         device.discard_candidate()
         return Applied(Outcome.DISCARDED, item.version)
     return Applied(Outcome.NOTED, item.version)
-

@@ -160,8 +160,12 @@ class RoundParticipant:
         """Announce availability for the cohort's next round; returns the (random) token."""
         token = secrets.token_hex(16)
         self._tokens.add(token)
-        self.transport.send(Checkin(token=token, layout=self.layout), cohort=self.cohort,
-                            round=round_hint, dedupe_key=f"checkin|{token}")  # fmt: skip
+        self.transport.send(
+            Checkin(token=token, layout=self.layout),
+            cohort=self.cohort,
+            round=round_hint,
+            dedupe_key=f"checkin|{token}",
+        )
         return token
 
     def handle(self, msg: ServerMessage) -> bool:
@@ -225,6 +229,8 @@ class RoundParticipant:
     def _send(self, announce: RoundOpen, payload: Frozen) -> None:
         cid = self._active[announce.round_id].cid
         self.transport.send(
-            payload, cohort=announce.cohort, round=announce.round,
+            payload,
+            cohort=announce.cohort,
+            round=announce.round,
             dedupe_key=f"{announce.round_id}|{payload.type}|{cid}",  # type: ignore[attr-defined]
-        )  # fmt: skip
+        )

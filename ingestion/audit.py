@@ -27,9 +27,19 @@ from ingestion.db import audit_log
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (
-    "region", "seq", "ts", "event", "reason", "msg_id", "cohort", "round",
-    "topic", "partition", "offset", "detail",
-)  # fmt: skip
+    "region",
+    "seq",
+    "ts",
+    "event",
+    "reason",
+    "msg_id",
+    "cohort",
+    "round",
+    "topic",
+    "partition",
+    "offset",
+    "detail",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,7 +83,9 @@ def chain_head(conn: Connection, region: str) -> tuple[int, str]:
     return (int(row.seq), str(row.hash)) if row else (0, GENESIS)
 
 
-def build_rows(region: str, head: tuple[int, str], events: list[AuditEvent]) -> list[dict[str, Any]]:
+def build_rows(
+    region: str, head: tuple[int, str], events: list[AuditEvent]
+) -> list[dict[str, Any]]:
     """Chain ``events`` onto ``head``: pure, so it is easy to test and to reason about."""
     seq, prev = head
     rows: list[dict[str, Any]] = []
@@ -153,9 +165,14 @@ class AuditHead(BaseModel):
 
     def message(self) -> bytes:
         return b"|".join(
-            [HEAD_CONTEXT, self.region.encode(), str(self.seq).encode(), self.hash.encode(),
-             self.at.encode()]
-        )  # fmt: skip
+            [
+                HEAD_CONTEXT,
+                self.region.encode(),
+                str(self.seq).encode(),
+                self.hash.encode(),
+                self.at.encode(),
+            ]
+        )
 
     def signed(self, key: Ed25519PrivateKey) -> AuditHead:
         return self.model_copy(update={"signature": key.sign(self.message()).hex()})

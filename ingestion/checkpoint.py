@@ -65,11 +65,17 @@ class BatchCheckpoint(Checkpoint):
         self.accepted.append((verdict, topic, partition, offset))
         self.events.append(
             AuditEvent(
-                event="accept", ts=self._ts, msg_id=env.msg_id, cohort=env.cohort,
-                round=env.round, topic=topic, partition=partition, offset=offset,
+                event="accept",
+                ts=self._ts,
+                msg_id=env.msg_id,
+                cohort=env.cohort,
+                round=env.round,
+                topic=topic,
+                partition=partition,
+                offset=offset,
                 detail=env.payload_type,  # what was accepted: the audit can recount the sums
             )
-        )  # fmt: skip
+        )
 
     def reject(
         self,
@@ -94,22 +100,35 @@ class BatchCheckpoint(Checkpoint):
             # its own region's topic, so nothing is lost), never the bytes, key or headers.
             detail, withhold = f"{detail}; original withheld (another region's data)", True
         dl = DeadLetter.of(
-            value=raw, max_bytes=self.dead_letter_max_bytes, withhold=withhold,
-            reason=verdict.reason, detail=detail, region=self.region,
-            source_topic=topic, source_partition=partition, source_offset=offset,
-            rejected_at=self.now, original_key=None if withhold else key,
+            value=raw,
+            max_bytes=self.dead_letter_max_bytes,
+            withhold=withhold,
+            reason=verdict.reason,
+            detail=detail,
+            region=self.region,
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            rejected_at=self.now,
+            original_key=None if withhold else key,
             original_headers=() if withhold else tuple((k, bytes(v or b"")) for k, v in headers),
-        )  # fmt: skip
+        )
         (self.produced if already_produced else self.dead_letters).append(dl)
         env = verdict.envelope
         self.events.append(
             AuditEvent(
-                event="reject", ts=self._ts, reason=verdict.reason.value,
-                detail=verdict.detail, msg_id=env.msg_id if env else None,
-                cohort=env.cohort if env else None, round=env.round if env else None,
-                topic=topic, partition=partition, offset=offset,
+                event="reject",
+                ts=self._ts,
+                reason=verdict.reason.value,
+                detail=verdict.detail,
+                msg_id=env.msg_id if env else None,
+                cohort=env.cohort if env else None,
+                round=env.round if env else None,
+                topic=topic,
+                partition=partition,
+                offset=offset,
             )
-        )  # fmt: skip
+        )
 
     def commit(
         self,
@@ -168,11 +187,16 @@ class BatchCheckpoint(Checkpoint):
             conn.execute(
                 seen_messages.insert(),
                 [
-                    {"region": self.region, "msg_id": a.envelope.msg_id, "topic": t,
-                     "partition": p, "offset": o}
+                    {
+                        "region": self.region,
+                        "msg_id": a.envelope.msg_id,
+                        "topic": t,
+                        "partition": p,
+                        "offset": o,
+                    }
                     for a, t, p, o in self.accepted
                 ],
-            )  # fmt: skip
+            )
             deltas = aggregates.fold(
                 (a.envelope.cohort, a.envelope.round, a.summary)
                 for a, _, _, _ in self.accepted

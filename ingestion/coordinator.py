@@ -114,14 +114,25 @@ class RoundCoordinator:
         now = now or utcnow()
         with self.engine.begin() as conn:
             result = open_round(
-                conn, region=self.region, cohort=cohort, spec=spec,
-                rounds_topic=self.config.t.rounds, budget=self.budget, now=now,
-                rng=self.randomness, allow_unnoised=self.allow_unnoised,
-                max_envelope_bytes=self.max_envelope_bytes, participants=participants,
+                conn,
+                region=self.region,
+                cohort=cohort,
+                spec=spec,
+                rounds_topic=self.config.t.rounds,
+                budget=self.budget,
+                now=now,
+                rng=self.randomness,
+                allow_unnoised=self.allow_unnoised,
+                max_envelope_bytes=self.max_envelope_bytes,
+                participants=participants,
                 adapter_plan=adapter_plan,
-            )  # fmt: skip
-        self._log.info("round_" + result.status, round_id=result.round_id, n=result.n,
-                       reason=result.reason[:200])  # fmt: skip
+            )
+        self._log.info(
+            "round_" + result.status,
+            round_id=result.round_id,
+            n=result.n,
+            reason=result.reason[:200],
+        )
         self.publish()
         return result
 
@@ -131,19 +142,25 @@ class RoundCoordinator:
         now = now or utcnow()
         c = rounds.c
         with reading(self.engine) as conn:
-            active = list(conn.execute(
-                select(c.round_id, c.stage_deadline).where(
-                    c.region == self.region, c.status.in_(ACTIVE)
-                ).order_by(c.opened_at)
-            ))  # fmt: skip
+            active = list(
+                conn.execute(
+                    select(c.round_id, c.stage_deadline)
+                    .where(c.region == self.region, c.status.in_(ACTIVE))
+                    .order_by(c.opened_at)
+                )
+            )
         closed = 0
         for row in active:
             try:
                 closed += self._advance(row.round_id, row.stage_deadline, now, allow_deadline)
             except Exception as exc:  # infrastructure (DB, broker): retried on the next tick
                 self._live.pop(row.round_id, None)  # rebuilt from the database next tick
-                self._log.warning("round_tick_failed", round_id=row.round_id,
-                                  error=exc.__class__.__name__, detail=str(exc)[:200])  # fmt: skip
+                self._log.warning(
+                    "round_tick_failed",
+                    round_id=row.round_id,
+                    error=exc.__class__.__name__,
+                    detail=str(exc)[:200],
+                )
         self._live = {k: v for k, v in self._live.items() if k in {r.round_id for r in active}}
         self.publish()  # what this tick decided, and rows an earlier failed publish left
         return closed
@@ -186,8 +203,9 @@ class RoundCoordinator:
                     )
                 )
             }
-        live = LiveRound.rebuild(RoundOpen.model_validate_json(row.open_json), row.graph_seed,
-                                 log_, bodies)  # fmt: skip
+        live = LiveRound.rebuild(
+            RoundOpen.model_validate_json(row.open_json), row.graph_seed, log_, bodies
+        )
         self._live[round_id] = live
         return live
 
@@ -222,39 +240,88 @@ class RoundCoordinator:
         stage, ts = live.stage, now.timestamp()
         got, expected, rejected = len(live.accepted), len(live.expected), dict(live.rejected)
         events: list[AuditEvent] = [
-            event(self.region, "round_reject", a.cohort, a.round, now, reason,
-                  {"round_id": a.round_id, "stage": stage, "client": cid})
+            event(
+                self.region,
+                "round_reject",
+                a.cohort,
+                a.round,
+                now,
+                reason,
+                {"round_id": a.round_id, "stage": stage, "client": cid},
+            )
             for cid, reason in sorted(rejected.items())
-        ]  # fmt: skip
+        ]
         c = rounds.c
         key = (c.region == self.region) & (c.round_id == a.round_id)
         with self.engine.begin() as conn:
             try:
                 out = live.close()
             except RoundAborted as exc:
-                events.append(event(self.region, "round_abort", a.cohort, a.round, now,
-                                    "too_few_clients", {"round_id": a.round_id, "stage": stage,
-                                    "n": a.params.n, "answered": got, "why": exc.detail[:200]}))  # fmt: skip
+                events.append(
+                    event(
+                        self.region,
+                        "round_abort",
+                        a.cohort,
+                        a.round,
+                        now,
+                        "too_few_clients",
+                        {
+                            "round_id": a.round_id,
+                            "stage": stage,
+                            "n": a.params.n,
+                            "answered": got,
+                            "why": exc.detail[:200],
+                        },
+                    )
+                )
                 self._finish(conn, a, "aborted", exc.detail, ts)
                 audit.append(conn, self.region, events)
                 self._log.info("round_aborted", round_id=a.round_id, stage=stage, answered=got)
                 return
             for msg in out:
-                round_outbox.put(conn, self.region, self.config.t.rounds, a.round_id.encode(),
-                                 msg.to_bytes(), ts)  # fmt: skip
-            events.append(event(self.region, "round_stage", a.cohort, a.round, now, why, {
-                "round_id": a.round_id, "stage": stage, "expected": expected, "answered": got,
-                "rejected": len(rejected), "dropped": expected - got}))  # fmt: skip
+                round_outbox.put(
+                    conn, self.region, self.config.t.rounds, a.round_id.encode(), msg.to_bytes(), ts
+                )
+            events.append(
+                event(
+                    self.region,
+                    "round_stage",
+                    a.cohort,
+                    a.round,
+                    now,
+                    why,
+                    {
+                        "round_id": a.round_id,
+                        "stage": stage,
+                        "expected": expected,
+                        "answered": got,
+                        "rejected": len(rejected),
+                        "dropped": expected - got,
+                    },
+                )
+            )
             status = live.server.state
             if live.stage is None:
                 events.append(self._release(conn, live, now))
             else:
-                conn.execute(rounds.update().where(key).values(
-                    status=status, stage_log=live.stage_log,
-                    stage_deadline=ts + a.stage_timeout_s))  # fmt: skip
+                conn.execute(
+                    rounds.update()
+                    .where(key)
+                    .values(
+                        status=status,
+                        stage_log=live.stage_log,
+                        stage_deadline=ts + a.stage_timeout_s,
+                    )
+                )
             audit.append(conn, self.region, events)
-        self._log.info("round_stage_closed", round_id=a.round_id, stage=stage, why=why,
-                       answered=got, expected=expected)  # fmt: skip
+        self._log.info(
+            "round_stage_closed",
+            round_id=a.round_id,
+            stage=stage,
+            why=why,
+            answered=got,
+            expected=expected,
+        )
 
     def _finish(self, conn: Any, a: RoundOpen, outcome: str, reason: str, ts: float) -> None:
         c = rounds.c
@@ -264,8 +331,14 @@ class RoundCoordinator:
             .values(status=outcome, closed_at=ts, stage_deadline=None, detail=reason[:1000])
         )
         notice = RoundClosed(round_id=a.round_id, outcome=outcome, reason=reason[:256])  # type: ignore[arg-type]
-        round_outbox.put(conn, self.region, self.config.t.rounds, a.round_id.encode(),
-                         notice.model_dump_json().encode(), ts)  # fmt: skip
+        round_outbox.put(
+            conn,
+            self.region,
+            self.config.t.rounds,
+            a.round_id.encode(),
+            notice.model_dump_json().encode(),
+            ts,
+        )
 
     def _release(self, conn: Any, live: LiveRound, now: datetime) -> AuditEvent:
         """The one place a cohort sum leaves the coordinator: DP-noised, charged, once."""
@@ -284,35 +357,93 @@ class RoundCoordinator:
                 ledger = ledger.charge(plan.charge_event(self.region, a.cohort))
             except BudgetExceeded as exc:  # only if the budget was lowered mid-round
                 self._finish(conn, a, "aborted", f"budget: {exc}", ts)
-                return event(self.region, "round_abort", a.cohort, a.round, now,
-                             "budget_exceeded", {"round_id": a.round_id})  # fmt: skip
+                return event(
+                    self.region,
+                    "round_abort",
+                    a.cohort,
+                    a.round,
+                    now,
+                    "budget_exceeded",
+                    {"round_id": a.round_id},
+                )
             ledger_store.save(conn, ledger, ts)
             eps_round = accountant.epsilon([plan.noise.noise_multiplier], a.delta)
             eps_spent = ledger.spent()
             agg = ReleasedAggregate.build(
-                total, region=self.region, cohort=a.cohort, round=a.round, layout=a.layout,
-                participants=survivors, dropped=dropped,
+                total,
+                region=self.region,
+                cohort=a.cohort,
+                round=a.round,
+                layout=a.layout,
+                participants=survivors,
+                dropped=dropped,
                 noise_stddev=math.sqrt(survivors * plan.noise.client_variance) / a.scale,
-                epsilon=eps_round, delta=a.delta, epsilon_spent=eps_spent, released_at=now,
-            )  # fmt: skip
-            outbox_id = round_outbox.put(conn, self.region, self.config.t.aggregates, agg.key(),
-                                         agg.model_dump_json().encode(), ts)  # fmt: skip
-        conn.execute(round_releases.insert().values(
-            region=self.region, cohort=a.cohort, round=a.round, round_id=a.round_id,
-            epsilon=eps_round, epsilon_spent=eps_spent, participants=survivors, dropped=dropped,
-            noised=int(noised), outbox_id=outbox_id, released_at=ts,
-            total=total.astype("<f8").tobytes()))  # fmt: skip
-        conn.execute(rounds.update().where(
-            (rounds.c.region == self.region) & (rounds.c.round_id == a.round_id)
-        ).values(stage_log=live.stage_log))  # fmt: skip
+                epsilon=eps_round,
+                delta=a.delta,
+                epsilon_spent=eps_spent,
+                released_at=now,
+            )
+            outbox_id = round_outbox.put(
+                conn,
+                self.region,
+                self.config.t.aggregates,
+                agg.key(),
+                agg.model_dump_json().encode(),
+                ts,
+            )
+        conn.execute(
+            round_releases.insert().values(
+                region=self.region,
+                cohort=a.cohort,
+                round=a.round,
+                round_id=a.round_id,
+                epsilon=eps_round,
+                epsilon_spent=eps_spent,
+                participants=survivors,
+                dropped=dropped,
+                noised=int(noised),
+                outbox_id=outbox_id,
+                released_at=ts,
+                total=total.astype("<f8").tobytes(),
+            )
+        )
+        conn.execute(
+            rounds.update()
+            .where((rounds.c.region == self.region) & (rounds.c.round_id == a.round_id))
+            .values(stage_log=live.stage_log)
+        )
         self._finish(conn, a, "released", "", ts)
-        self._log.info("round_released", round_id=a.round_id, participants=survivors,
-                       dropped=dropped, epsilon=eps_round, epsilon_spent=eps_spent)  # fmt: skip
-        return event(self.region, "round_release", a.cohort, a.round, now, None, {
-            "round_id": a.round_id, "participants": survivors, "dropped": dropped,
-            "n": a.params.n, "k": a.params.k, "t": a.params.t, "bits": a.params.bits,
-            "dim": a.dim, "layout": a.layout, "epsilon": round(eps_round, 6),
-            "delta": a.delta, "epsilon_spent": round(eps_spent, 6), "noised": noised})  # fmt: skip
+        self._log.info(
+            "round_released",
+            round_id=a.round_id,
+            participants=survivors,
+            dropped=dropped,
+            epsilon=eps_round,
+            epsilon_spent=eps_spent,
+        )
+        return event(
+            self.region,
+            "round_release",
+            a.cohort,
+            a.round,
+            now,
+            None,
+            {
+                "round_id": a.round_id,
+                "participants": survivors,
+                "dropped": dropped,
+                "n": a.params.n,
+                "k": a.params.k,
+                "t": a.params.t,
+                "bits": a.params.bits,
+                "dim": a.dim,
+                "layout": a.layout,
+                "epsilon": round(eps_round, 6),
+                "delta": a.delta,
+                "epsilon_spent": round(eps_spent, 6),
+                "noised": noised,
+            },
+        )
 
 
 def released_total(engine: Engine, region: str, cohort: str, rnd: int) -> Any:

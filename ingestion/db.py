@@ -99,5 +99,3 @@ def open_database(url: str) -> Engine:
     engine = make_engine(url)
     migrate(url, engine)
     return engine
-
-

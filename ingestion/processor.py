@@ -74,9 +74,12 @@ def build_checkpoint(
         engine, region, [v.envelope.msg_id for _, _, v in decided if isinstance(v, Accepted)]
     )
     cp = BatchCheckpoint(
-        region=region, group_id=group_id, dead_letter_topic=dead_letter_topic, now=now,
+        region=region,
+        group_id=group_id,
+        dead_letter_topic=dead_letter_topic,
+        now=now,
         dead_letter_max_bytes=dead_letter_max_bytes,
-    )  # fmt: skip
+    )
     decided = round_sink.screen_verdicts(engine, region, decided, durable)
     in_batch: set[str] = set()
     for rec, _raw, verdict in decided:
@@ -85,17 +88,23 @@ def build_checkpoint(
             if msg_id in durable or msg_id in in_batch:
                 where = "an earlier batch" if msg_id in durable else "this batch"
                 verdict = Rejected(
-                    RejectReason.REPLAY, f"msg_id {msg_id} already accepted in {where}",
+                    RejectReason.REPLAY,
+                    f"msg_id {msg_id} already accepted in {where}",
                     verdict.envelope,
-                )  # fmt: skip
+                )
             else:
                 in_batch.add(msg_id)
         if isinstance(verdict, Accepted):
             cp.accept(verdict, rec.topic, rec.partition, rec.offset)
         else:
             cp.reject(
-                verdict, rec.value, rec.topic, rec.partition, rec.offset,
-                key=rec.key, headers=rec.headers or (),
+                verdict,
+                rec.value,
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                key=rec.key,
+                headers=rec.headers or (),
                 already_produced=(rec.topic, rec.partition, rec.offset) in already_dead_lettered,
-            )  # fmt: skip
+            )
     return cp

@@ -72,13 +72,24 @@ class OpenResult:
     reason: str = ""
 
 
-def event(region: str, kind: str, cohort: str, rnd: int, now: datetime, reason: str | None,
-          detail: dict[str, Any]) -> AuditEvent:  # fmt: skip
+def event(
+    region: str,
+    kind: str,
+    cohort: str,
+    rnd: int,
+    now: datetime,
+    reason: str | None,
+    detail: dict[str, Any],
+) -> AuditEvent:
     """An audit row for a round decision: ids, counts and parameters, never vectors or keys."""
     return AuditEvent(
-        event=kind, ts=now.isoformat(), reason=reason, cohort=cohort, round=rnd,
+        event=kind,
+        ts=now.isoformat(),
+        reason=reason,
+        cohort=cohort,
+        round=rnd,
         detail=json.dumps(detail, separators=(",", ":"), sort_keys=True),
-    )  # fmt: skip
+    )
 
 
 def next_round(conn: Connection, region: str, cohort: str) -> int:
@@ -105,11 +116,17 @@ def sample_checkins(
     conn: Connection, region: str, cohort: str, spec: RoundSpec, now: float, rng: Randomness
 ) -> list[str]:
     c = round_checkins.c
-    stmt = select(c.token).where(
-        c.region == region, c.cohort == cohort, c.round_id.is_(None),
-        c.checked_in_at >= now - spec.checkin_ttl_s,
-        (c.layout == spec.layout) | (c.layout == ""),
-    ).order_by(c.token)  # fmt: skip
+    stmt = (
+        select(c.token)
+        .where(
+            c.region == region,
+            c.cohort == cohort,
+            c.round_id.is_(None),
+            c.checked_in_at >= now - spec.checkin_ttl_s,
+            (c.layout == spec.layout) | (c.layout == ""),
+        )
+        .order_by(c.token)
+    )
     tokens = list(conn.execute(stmt).scalars())
     return shuffled(tokens, rng)[: spec.max_clients]
 
@@ -119,10 +136,19 @@ def plan(round_id: str, n: int, spec: RoundSpec, max_envelope_bytes: int) -> Rou
     if n < 2:
         raise ConfigError(f"{n} participant(s): SecAgg+ needs at least 2")
     p = plan_round(
-        round_id, n=n, dim=spec.dim, clip=spec.clip, scale=spec.scale, epsilon=spec.epsilon,
-        delta=spec.delta, k=spec.k, t=spec.t, min_clients=spec.min_clients, bits=spec.bits,
+        round_id,
+        n=n,
+        dim=spec.dim,
+        clip=spec.clip,
+        scale=spec.scale,
+        epsilon=spec.epsilon,
+        delta=spec.delta,
+        k=spec.k,
+        t=spec.t,
+        min_clients=spec.min_clients,
+        bits=spec.bits,
         dropout=spec.dropout,
-    )  # fmt: skip
+    )
     size = envelope_bytes_estimate(spec.dim, p.params.bits)
     if size > max_envelope_bytes:
         raise ConfigError(
@@ -156,18 +182,38 @@ def open_round(
         if participants is not None
         else sample_checkins(conn, region, cohort, spec, ts, rng)
     )
-    base = {"n": len(tokens), "layout": spec.layout, "dim": spec.dim, "clip": spec.clip,
-            "epsilon": spec.epsilon, "delta": spec.delta}  # fmt: skip
+    base = {
+        "n": len(tokens),
+        "layout": spec.layout,
+        "dim": spec.dim,
+        "clip": spec.clip,
+        "epsilon": spec.epsilon,
+        "delta": spec.delta,
+    }
 
     def refuse(reason: str, detail: str) -> OpenResult:
         conn.execute(
             rounds.insert().values(
-                region=region, round_id=rid, cohort=cohort, round=rnd, status="refused",
-                stage_log={}, opened_at=ts, closed_at=ts, detail=detail[:1000],
+                region=region,
+                round_id=rid,
+                cohort=cohort,
+                round=rnd,
+                status="refused",
+                stage_log={},
+                opened_at=ts,
+                closed_at=ts,
+                detail=detail[:1000],
             )
-        )  # fmt: skip
-        audit.append(conn, region, [event(region, "round_refused", cohort, rnd, now, reason,
-                                          {**base, "why": detail[:300]})])  # fmt: skip
+        )
+        audit.append(
+            conn,
+            region,
+            [
+                event(
+                    region, "round_refused", cohort, rnd, now, reason, {**base, "why": detail[:300]}
+                )
+            ],
+        )
         return OpenResult(rid, rnd, "refused", len(tokens), f"{reason}: {detail}")
 
     if spec.epsilon is None and not allow_unnoised:
@@ -181,8 +227,9 @@ def open_round(
     ledger = ledger_store.load(conn, region, cohort, budget)
     if spec.epsilon is not None:
         charge = rp.charge_event(region, cohort)
-        held = Ledger(region, cohort, ledger.budget,
-                      [*ledger.events, *reserved_charges(conn, region, cohort)])  # fmt: skip
+        held = Ledger(
+            region, cohort, ledger.budget, [*ledger.events, *reserved_charges(conn, region, cohort)]
+        )
         if not held.can_afford(charge):
             return refuse(
                 "budget_exceeded",
@@ -191,18 +238,34 @@ def open_round(
                 f"{len(held.events) - len(ledger.events)})",
             )
     announce = RoundOpen(
-        region=region, cohort=cohort, round=rnd, params=rp.params, layout=spec.layout,
-        clip=spec.clip, scale=spec.scale, noise=NoiseSpec.of(rp.noise),
-        epsilon=spec.epsilon or 0.0, delta=spec.delta or 0.0, participants=tuple(tokens),
-        stage_timeout_s=spec.stage_timeout_s, adapter_plan=adapter_plan,
-    )  # fmt: skip
+        region=region,
+        cohort=cohort,
+        round=rnd,
+        params=rp.params,
+        layout=spec.layout,
+        clip=spec.clip,
+        scale=spec.scale,
+        noise=NoiseSpec.of(rp.noise),
+        epsilon=spec.epsilon or 0.0,
+        delta=spec.delta or 0.0,
+        participants=tuple(tokens),
+        stage_timeout_s=spec.stage_timeout_s,
+        adapter_plan=adapter_plan,
+    )
     conn.execute(
         rounds.insert().values(
-            region=region, round_id=rid, cohort=cohort, round=rnd, status="collect_keys",
-            open_json=announce.model_dump_json(), graph_seed=rng.token_bytes(32),
-            stage_deadline=ts + spec.stage_timeout_s, stage_log={}, opened_at=ts,
+            region=region,
+            round_id=rid,
+            cohort=cohort,
+            round=rnd,
+            status="collect_keys",
+            open_json=announce.model_dump_json(),
+            graph_seed=rng.token_bytes(32),
+            stage_deadline=ts + spec.stage_timeout_s,
+            stage_log={},
+            opened_at=ts,
         )
-    )  # fmt: skip
+    )
     if participants is None and tokens:
         c = round_checkins.c
         conn.execute(
@@ -214,8 +277,29 @@ def open_round(
         conn, region, rounds_topic, rid.encode(), announce.model_dump_json().encode(), ts
     )
     p = rp.params
-    audit.append(conn, region, [event(region, "round_open", cohort, rnd, now, None, {
-        **base, "round_id": rid, "k": p.k, "t": p.t, "min_clients": p.min_clients,
-        "bits": p.bits, "scale": spec.scale, "z": round(rp.noise.noise_multiplier, 6),
-        "timeout_s": spec.stage_timeout_s})])  # fmt: skip
+    audit.append(
+        conn,
+        region,
+        [
+            event(
+                region,
+                "round_open",
+                cohort,
+                rnd,
+                now,
+                None,
+                {
+                    **base,
+                    "round_id": rid,
+                    "k": p.k,
+                    "t": p.t,
+                    "min_clients": p.min_clients,
+                    "bits": p.bits,
+                    "scale": spec.scale,
+                    "z": round(rp.noise.noise_multiplier, 6),
+                    "timeout_s": spec.stage_timeout_s,
+                },
+            )
+        ],
+    )
     return OpenResult(rid, rnd, "open", len(tokens))

@@ -136,8 +136,11 @@ def screen_verdicts(
     """The processor's hook: ``(record, raw, verdict)`` triples with every :class:`Routed`
     verdict that :func:`screen` refuses turned into ``Rejected(protocol_violation)``.
     Replays (msg_id already durable) are left for the processor to name as such."""
-    idx = [i for i, (_, _, v) in enumerate(decided)
-           if isinstance(v, Routed) and v.envelope.msg_id not in durable]  # fmt: skip
+    idx = [
+        i
+        for i, (_, _, v) in enumerate(decided)
+        if isinstance(v, Routed) and v.envelope.msg_id not in durable
+    ]
     if not idx:
         return decided
     reasons = screen(engine, region, [decided[i][2] for i in idx])
@@ -145,7 +148,11 @@ def screen_verdicts(
     for i, reason in zip(idx, reasons, strict=True):
         if reason is not None:
             rec, raw, v = out[i]
-            why = RejectReason.INTERNAL_ERROR if reason.startswith(INTERNAL) else RejectReason.PROTOCOL
+            why = (
+                RejectReason.INTERNAL_ERROR
+                if reason.startswith(INTERNAL)
+                else RejectReason.PROTOCOL
+            )
             out[i] = (rec, raw, Rejected(why, reason, v.envelope))
     return out
 
@@ -188,15 +195,27 @@ def stage(conn: Connection, region: str, items: Iterable[Routed], now: datetime)
         env, p = item.envelope, item.payload
         if isinstance(p, Checkin):
             checkins.append(
-                {"region": region, "cohort": env.cohort, "token": p.token, "layout": p.layout,
-                 "checked_in_at": ts, "round_id": None}
-            )  # fmt: skip
+                {
+                    "region": region,
+                    "cohort": env.cohort,
+                    "token": p.token,
+                    "layout": p.layout,
+                    "checked_in_at": ts,
+                    "round_id": None,
+                }
+            )
         else:
             msgs.append(
-                {"region": region, "round_id": p.round_id, "type": p.type,  # type: ignore[attr-defined]
-                 "sender": p.sender, "msg_id": env.msg_id,  # type: ignore[attr-defined]
-                 "body": p.model_dump_json().encode(), "received_at": ts}
-            )  # fmt: skip
+                {
+                    "region": region,
+                    "round_id": p.round_id,
+                    "type": p.type,  # type: ignore[attr-defined]
+                    "sender": p.sender,
+                    "msg_id": env.msg_id,  # type: ignore[attr-defined]
+                    "body": p.model_dump_json().encode(),
+                    "received_at": ts,
+                }
+            )
     if msgs:
         conn.execute(round_messages.insert(), msgs)
     if checkins:

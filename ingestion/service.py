@@ -82,7 +82,10 @@ class IngestionApp(DurableConsumerApp):
         self.region = region
         self.config = policy.region(region)
         self.group_id = group_id or f"{settings.group_prefix}-{region}"
-        self.topics = [self.config.t.ingest, *[t for t in extra_topics if t != self.config.t.ingest]]
+        self.topics = [
+            self.config.t.ingest,
+            *[t for t in extra_topics if t != self.config.t.ingest],
+        ]
         self.stats = IngestStats()
         self._consumer_config = {**CONSUMER_DEFAULTS, **(consumer_config or {})}
         self._create_topics = create_topics
@@ -158,10 +161,12 @@ class IngestionApp(DurableConsumerApp):
         """The DLQ producer. Its request limit admits the largest dead letter a checkpoint
         produces (originals are truncated to ``dead_letter_max_bytes``, with a digest)."""
         return KafkaProducer(
-            bootstrap_servers=self.config.bootstrap_servers, acks="all", linger_ms=5,
+            bootstrap_servers=self.config.bootstrap_servers,
+            acks="all",
+            linger_ms=5,
             max_request_size=self.settings.dead_letter_max_bytes + 64 * 1024,
             client_id=f"sotto-ingest-dlq-{self.region}",
-        )  # fmt: skip
+        )
 
     def _rebuild_dlq_producer(self) -> None:
         """A producer that saw a fatal error stays broken; replace it before the retry."""
@@ -183,9 +188,11 @@ class IngestionApp(DurableConsumerApp):
     # -- the loop -------------------------------------------------------------------------
     def _new_validator(self) -> Validator:
         return Validator(
-            self.region, self.policy, self._keys.keyring,
+            self.region,
+            self.policy,
+            self._keys.keyring,
             max_bytes=self.settings.max_envelope_bytes,
-        )  # fmt: skip
+        )
 
     def poll_once(self, timeout_ms: int | None = None) -> int:
         """Poll one batch and checkpoint it; returns the number of records handled."""
@@ -202,14 +209,20 @@ class IngestionApp(DurableConsumerApp):
             self.stats.first_record_at = time.perf_counter()
         if self._keys.changed():
             self._validator = self._new_validator()
-        records = [r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]]
+        records = [
+            r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]
+        ]
         try:  # the validator never raises; what can fail here is the database (replay lookup)
             cp = build_checkpoint(
-                records, validator=self._validator, engine=self.engine, group_id=self.group_id,
-                dead_letter_topic=self.config.t.dead_letter, now=utcnow(),
+                records,
+                validator=self._validator,
+                engine=self.engine,
+                group_id=self.group_id,
+                dead_letter_topic=self.config.t.dead_letter,
+                now=utcnow(),
                 already_dead_lettered=self._dead_lettered,
                 dead_letter_max_bytes=self.settings.dead_letter_max_bytes,
-            )  # fmt: skip
+            )
         except Exception as exc:
             self.stats.checkpoint_failures += 1
             self.failed(exc, consumer.assignment() or list(batch), "batch_judging_failed")
@@ -222,13 +235,17 @@ class IngestionApp(DurableConsumerApp):
         if self._producer is None:
             self._rebuild_dlq_producer()
             if self._producer is None:
-                self.failed(ConnectionError("no DLQ producer"), self._consumer.assignment() or partitions)
+                self.failed(
+                    ConnectionError("no DLQ producer"), self._consumer.assignment() or partitions
+                )
                 return
         try:
             cp.commit(
-                producer=self._producer, engine=self.engine, consumer=self._consumer,
+                producer=self._producer,
+                engine=self.engine,
+                consumer=self._consumer,
                 on_dead_lettered=self._dead_lettered.update,
-            )  # fmt: skip
+            )
         except Exception as exc:
             self.stats.checkpoint_failures += 1
             if isinstance(exc, DeadLetterError):
@@ -238,9 +255,10 @@ class IngestionApp(DurableConsumerApp):
         self.succeeded()
         self._maybe_publish_head()
         self._dead_lettered = {  # durable now: no retry of these offsets will happen
-            (t, p, o) for t, p, o in self._dead_lettered
+            (t, p, o)
+            for t, p, o in self._dead_lettered
             if (t, p) not in cp.spans or o >= cp.spans[(t, p)].next
-        }  # fmt: skip
+        }
         self.stats.batches += 1
         self.stats.records += sum(s.next - s.first for s in cp.spans.values())
         self.stats.accepted += len(cp.accepted)
@@ -248,8 +266,12 @@ class IngestionApp(DurableConsumerApp):
         for dl in [*cp.dead_letters, *cp.produced]:
             self.stats.rejected[dl.reason.value] += 1
             self._log.info(
-                "rejected", reason=dl.reason.value, detail=dl.detail[:200],
-                topic=dl.source_topic, partition=dl.source_partition, offset=dl.source_offset,
-            )  # fmt: skip
+                "rejected",
+                reason=dl.reason.value,
+                detail=dl.detail[:200],
+                topic=dl.source_topic,
+                partition=dl.source_partition,
+                offset=dl.source_offset,
+            )
         self.stats.last_commit_at = time.perf_counter()
         self._log.debug("checkpoint", accepted=len(cp.accepted), rejected=len(cp.dead_letters))

@@ -83,11 +83,12 @@ class IngestSettings(BaseModel):
     metrics_port: Annotated[
         int | None,
         Field(
-            ge=1, le=65535,
+            ge=1,
+            le=65535,
             description="Default port of `/metrics` and `/healthz` for `sotto ingest` "
             "(its `--metrics-port` wins); unset: no HTTP server.",
         ),
-    ] = None  # fmt: skip
+    ] = None
 
 
 class RoundsSettings(BaseModel):
@@ -121,11 +122,12 @@ class RoundsSettings(BaseModel):
     budget_delta: Annotated[
         float,
         Field(
-            gt=0, lt=1,
+            gt=0,
+            lt=1,
             description="δ at which a cohort's total ε is accounted. Default of "
             "`sotto ingest --coordinate --budget-delta`.",
         ),
-    ] = 1e-5  # fmt: skip
+    ] = 1e-5
     scale: Annotated[
         float,
         Field(
@@ -187,9 +189,13 @@ class RoundsSettings(BaseModel):
         from ingestion.round_open import RoundSpec
 
         fields = {
-            "epsilon": self.epsilon, "delta": self.delta, "scale": self.scale,
-            "stage_timeout_s": self.stage_timeout_s, "min_participants": self.min_participants,
-            "max_clients": self.max_clients, "checkin_ttl_s": self.checkin_ttl_s,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "scale": self.scale,
+            "stage_timeout_s": self.stage_timeout_s,
+            "min_participants": self.min_participants,
+            "max_clients": self.max_clients,
+            "checkin_ttl_s": self.checkin_ttl_s,
             "dropout": self.expected_dropout,
-        }  # fmt: skip
+        }
         return RoundSpec(layout=layout, dim=dim, clip=clip, **{**fields, **overrides})

@@ -25,10 +25,13 @@ def ensure_region_topics(config: RegionConfig) -> list[str]:
         if missing:
             new = [
                 NewTopic(
-                    t, config.partitions, replication_factor=-1,
+                    t,
+                    config.partitions,
+                    replication_factor=-1,
                     topic_configs={"cleanup.policy": "compact"}
-                if t in (config.t.adapters, config.t.audit) else {},
-                )  # fmt: skip
+                    if t in (config.t.adapters, config.t.audit)
+                    else {},
+                )
                 for t in missing
             ]
             with contextlib.suppress(TopicAlreadyExistsError):

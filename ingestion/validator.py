@@ -63,9 +63,7 @@ class Validator:
 
     __slots__ = ("region", "ingest_topic", "_policy", "_keys", "_max_bytes")
 
-    def __init__(
-        self, region: str, policy: RegionPolicy, keys: Keyring, *, max_bytes: int
-    ) -> None:
+    def __init__(self, region: str, policy: RegionPolicy, keys: Keyring, *, max_bytes: int) -> None:
         self.region = region
         self.ingest_topic = policy.region(region).t.ingest
         self._policy = policy
@@ -100,7 +98,9 @@ class Validator:
             env = parse(raw, max_bytes=self._max_bytes)
             owner = self._keys.owners.get(env.key_id)
             key_region = owner if owner is not None and owner != self.region else None
-            entry = check_route(env, region=self.region, keyset=self._keys.keyset, key_region=key_region)
+            entry = check_route(
+                env, region=self.region, keyset=self._keys.keyset, key_region=key_region
+            )
             private = self._keys.private.get(entry.key_id)
             if private is None:
                 raise EnvelopeRejected(
@@ -115,6 +115,8 @@ class Validator:
             if round_sink.routes(env.payload_type):
                 return round_sink.Routed.of(env, payload)
             return Rejected(
-                RejectReason.PROTOCOL, f"payload_type {env.payload_type!r} is not ingested here", env
+                RejectReason.PROTOCOL,
+                f"payload_type {env.payload_type!r} is not ingested here",
+                env,
             )
         return Accepted(env, payload)

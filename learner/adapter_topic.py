@@ -84,9 +84,12 @@ def cleanup_policy(admin: KafkaAdminClient, topic: str) -> str | None:
 def make_producer(config: RegionConfig, region: str) -> KafkaProducer:
     """Idempotent (no duplicates from retries within a session), acks from all replicas."""
     return KafkaProducer(
-        bootstrap_servers=config.bootstrap_servers, acks="all", enable_idempotence=True,
-        linger_ms=5, client_id=f"sotto-learn-adapters-{region}",
-    )  # fmt: skip
+        bootstrap_servers=config.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        client_id=f"sotto-learn-adapters-{region}",
+    )
 
 
 partition_for = cohort_partition  # one definition, shared with the round coordinator
@@ -96,9 +99,13 @@ def _record(topic: str) -> Callable[[Row[Any]], OutboundRecord]:
     def record(row: Row[Any]) -> OutboundRecord:
         value = None if row.value is None else bytes(row.value)
         return OutboundRecord(
-            row.id, topic, row.record_key.encode(), value, row.cohort,
+            row.id,
+            topic,
+            row.record_key.encode(),
+            value,
+            row.cohort,
             [(TYPE_HEADER, row.kind.encode())],
-        )  # fmt: skip
+        )
 
     return record
 

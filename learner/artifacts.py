@@ -90,18 +90,36 @@ class Signer:
         created_at: datetime,
     ) -> SignedAdapter:
         manifest = make_manifest(
-            adapter, base_model_sha256=self.base_model_sha256, version=version,
-            region=self.region, cohort=cohort, rollout_fraction=rollout_fraction,
-            parent_version=parent_version, kind="release", created_at=created_at,
-        )  # fmt: skip
+            adapter,
+            base_model_sha256=self.base_model_sha256,
+            version=version,
+            region=self.region,
+            cohort=cohort,
+            rollout_fraction=rollout_fraction,
+            parent_version=parent_version,
+            kind="release",
+            created_at=created_at,
+        )
         return sign_artifact(manifest, adapter, self._key)
 
     def rollback(
-        self, cohort: str, version: int, adapter: bytes, *, parent_version: int, created_at: datetime
+        self,
+        cohort: str,
+        version: int,
+        adapter: bytes,
+        *,
+        parent_version: int,
+        created_at: datetime,
     ) -> SignedAdapter:
         manifest = make_manifest(
-            adapter, base_model_sha256=self.base_model_sha256, version=version,
-            region=self.region, cohort=cohort, rollout_fraction=1.0,
-            parent_version=parent_version, kind="rollback", created_at=created_at,
-        )  # fmt: skip
+            adapter,
+            base_model_sha256=self.base_model_sha256,
+            version=version,
+            region=self.region,
+            cohort=cohort,
+            rollout_fraction=1.0,
+            parent_version=parent_version,
+            kind="rollback",
+            created_at=created_at,
+        )
         return sign_artifact(manifest, adapter, self._key)

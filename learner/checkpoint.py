@@ -116,7 +116,9 @@ class LearnerCheckpoint(Checkpoint):
         rel = learned.release
         r = learner_releases.c
         seen = conn.execute(
-            select(r.round).where(r.region == rel.region, r.cohort == rel.cohort, r.round == rel.round)
+            select(r.round).where(
+                r.region == rel.region, r.cohort == rel.cohort, r.round == rel.round
+            )
         ).first()
         if seen is not None:
             raise StaleLearnerError(f"{rel.key().decode()} is already learned")
@@ -136,43 +138,74 @@ class LearnerCheckpoint(Checkpoint):
         plan = learned.plan.model_dump(mode="json")
         if row is None or row.plan != plan:
             self.outbox.append(
-                ArtifactRecord(rel.cohort, None, "plan", plan_key(rel.cohort), learned.plan.model_dump_json().encode())
+                ArtifactRecord(
+                    rel.cohort,
+                    None,
+                    "plan",
+                    plan_key(rel.cohort),
+                    learned.plan.model_dump_json().encode(),
+                )
             )
         self.revision = (stored_revision or 0) + 1
         values = {
-            "state": learned.state, "last_round": max(rel.round, row.last_round if row else rel.round),
-            "revision": self.revision, "plan": plan, "updated_at": self.now,
-        }  # fmt: skip
+            "state": learned.state,
+            "last_round": max(rel.round, row.last_round if row else rel.round),
+            "revision": self.revision,
+            "plan": plan,
+            "updated_at": self.now,
+        }
         if row is None:
-            conn.execute(learner_state.insert().values(region=rel.region, cohort=rel.cohort, **values))
+            conn.execute(
+                learner_state.insert().values(region=rel.region, cohort=rel.cohort, **values)
+            )
         else:
             conn.execute(learner_state.update().where(where).values(**values))
         conn.execute(
             learner_releases.insert().values(
-                region=rel.region, cohort=rel.cohort, round=rel.round, topic=self.topic,
-                partition=self.partition, offset=self.offset, epsilon_spent=rel.epsilon_spent,
-                participants=rel.participants, actions=len(learned.actions), applied_at=self.now,
+                region=rel.region,
+                cohort=rel.cohort,
+                round=rel.round,
+                topic=self.topic,
+                partition=self.partition,
+                offset=self.offset,
+                epsilon_spent=rel.epsilon_spent,
+                participants=rel.participants,
+                actions=len(learned.actions),
+                applied_at=self.now,
             )
-        )  # fmt: skip
+        )
         if self.outbox:
             conn.execute(
                 adapter_outbox.insert(),
                 [
-                    {"region": self.region, "cohort": o.cohort, "version": o.version,
-                     "kind": o.kind, "record_key": o.key, "value": o.value,
-                     "created_at": self.now, "published_at": None}
+                    {
+                        "region": self.region,
+                        "cohort": o.cohort,
+                        "version": o.version,
+                        "kind": o.kind,
+                        "record_key": o.key,
+                        "value": o.value,
+                        "created_at": self.now,
+                        "published_at": None,
+                    }
                     for o in self.outbox
                 ],
-            )  # fmt: skip
+            )
 
     # -- 1c --------------------------------------------------------------------------------
     def _store_refusal(self, conn: Connection, refusal: Refusal) -> None:
         rel = refusal.release
         conn.execute(
             learner_refusals.insert().values(
-                region=self.region, topic=self.topic, partition=self.partition,
-                offset=self.offset, reason=refusal.reason.value, detail=refusal.detail[:512],
-                claimed_region=rel.region if rel else None, cohort=rel.cohort if rel else None,
-                round=rel.round if rel else None, at=self.now,
+                region=self.region,
+                topic=self.topic,
+                partition=self.partition,
+                offset=self.offset,
+                reason=refusal.reason.value,
+                detail=refusal.detail[:512],
+                claimed_region=rel.region if rel else None,
+                cohort=rel.cohort if rel else None,
+                round=rel.round if rel else None,
+                at=self.now,
             )
-        )  # fmt: skip
+        )

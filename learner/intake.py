@@ -35,7 +35,9 @@ class Refusal:
     release: ReleasedAggregate | None = None
 
 
-def check_release(key: bytes | None, value: bytes | None, region: str) -> ReleasedAggregate | Refusal:
+def check_release(
+    key: bytes | None, value: bytes | None, region: str
+) -> ReleasedAggregate | Refusal:
     """Parse and check one record of the aggregates topic for the learner of ``region``."""
     if value is None or len(value) > MAX_RELEASE_BYTES:
         return Refusal(RefuseReason.MALFORMED, "empty or oversized record")

@@ -39,7 +39,11 @@ from privacy.errors import LocalProtocolError
 from privacy.wire import ReleasedAggregate, b64d
 
 _SHIPPING = {"ship", "promote"}
-_SETTLED = {AdapterStatus.REJECTED.value, AdapterStatus.RETIRED.value, AdapterStatus.ROLLED_BACK.value}
+_SETTLED = {
+    AdapterStatus.REJECTED.value,
+    AdapterStatus.RETIRED.value,
+    AdapterStatus.ROLLED_BACK.value,
+}
 
 
 def _weights_bytes(action: AdapterAction) -> bytes | None:
@@ -47,7 +51,9 @@ def _weights_bytes(action: AdapterAction) -> bytes | None:
         return None
     if action.lora_a is None or action.lora_b is None:
         raise LocalProtocolError(f"{action.kind} v{action.version}: lora_a and lora_b go together")
-    return adapter_to_bytes(LoRAWeights(action.lora_a, action.lora_b), adapter_version=action.version)
+    return adapter_to_bytes(
+        LoRAWeights(action.lora_a, action.lora_b), adapter_version=action.version
+    )
 
 
 class ActionRecorder:
@@ -85,7 +91,9 @@ class ActionRecorder:
                 self._publish_release(action.version, action.status, action.rollout_fraction)
             elif action.status in (AdapterStatus.REJECTED, AdapterStatus.ROLLED_BACK):
                 self._withdraw(action.version)
-            self._event(action.version, action.kind, action.status, action.rollout_fraction, action.reason)
+            self._event(
+                action.version, action.kind, action.status, action.rollout_fraction, action.reason
+            )
         return self.outbox
 
     # -- rows -------------------------------------------------------------------------------
@@ -108,16 +116,24 @@ class ActionRecorder:
             rounds = sorted(action.rounds)
             self._conn.execute(
                 adapter_versions.insert().values(
-                    region=self.region, cohort=self.cohort, version=action.version,
-                    parent_version=action.parent_version, status=action.status.value,
-                    rollout_fraction=action.rollout_fraction, rounds=rounds,
+                    region=self.region,
+                    cohort=self.cohort,
+                    version=action.version,
+                    parent_version=action.parent_version,
+                    status=action.status.value,
+                    rollout_fraction=action.rollout_fraction,
+                    rounds=rounds,
                     window_first=rounds[0] if rounds else None,
                     window_last=rounds[-1] if rounds else None,
-                    epsilon_spent=action.epsilon_spent, metrics=dict(action.metrics),
-                    reason=action.reason, source_round=self._release.round, adapter=adapter,
-                    created_at=self._now, updated_at=self._now,
+                    epsilon_spent=action.epsilon_spent,
+                    metrics=dict(action.metrics),
+                    reason=action.reason,
+                    source_round=self._release.round,
+                    adapter=adapter,
+                    created_at=self._now,
+                    updated_at=self._now,
                 )
-            )  # fmt: skip
+            )
             return
         values: dict[str, Any] = {
             "status": action.status.value,
@@ -130,7 +146,9 @@ class ActionRecorder:
             values["reason"] = action.reason
         if adapter is not None:
             values["adapter"] = adapter
-        self._conn.execute(adapter_versions.update().where(self._where(action.version)).values(**values))
+        self._conn.execute(
+            adapter_versions.update().where(self._where(action.version)).values(**values)
+        )
 
     def _set_status(self, version: int, status: AdapterStatus, fraction: float) -> None:
         self._conn.execute(
@@ -144,11 +162,17 @@ class ActionRecorder:
     ) -> None:
         self._conn.execute(
             adapter_events.insert().values(
-                region=self.region, cohort=self.cohort, version=version, action=action,
-                status=status.value, rollout_fraction=fraction, round=self._release.round,
-                reason=reason, at=self._now,
+                region=self.region,
+                cohort=self.cohort,
+                version=version,
+                action=action,
+                status=status.value,
+                rollout_fraction=fraction,
+                round=self._release.round,
+                reason=reason,
+                at=self._now,
             )
-        )  # fmt: skip
+        )
 
     # -- artifacts --------------------------------------------------------------------------
     def _stored_adapter(self, version: int) -> bytes:
@@ -171,20 +195,31 @@ class ActionRecorder:
     def _publish_release(self, version: int, status: AdapterStatus, requested: float) -> None:
         row = self._row(version)
         signed = self._signer.release(
-            self.cohort, version, self._stored_adapter(version),
+            self.cohort,
+            version,
+            self._stored_adapter(version),
             rollout_fraction=rollout_for(status, requested),
-            parent_version=row.parent_version, created_at=self._release.released_at,
-        )  # fmt: skip
+            parent_version=row.parent_version,
+            created_at=self._release.released_at,
+        )
         self._note_signed(version, signed)
         self.outbox.append(
-            ArtifactRecord(self.cohort, version, "release", release_key(self.cohort, version), signed.to_bytes())
+            ArtifactRecord(
+                self.cohort,
+                version,
+                "release",
+                release_key(self.cohort, version),
+                signed.to_bytes(),
+            )
         )
 
     def _withdraw(self, version: int) -> None:
         row = self._row(version)
         if row is not None and row.signature is not None:
             self.outbox.append(
-                ArtifactRecord(self.cohort, version, "tombstone", release_key(self.cohort, version), None)
+                ArtifactRecord(
+                    self.cohort, version, "tombstone", release_key(self.cohort, version), None
+                )
             )
 
     def _rollback(self, action: AdapterAction) -> None:
@@ -218,17 +253,29 @@ class ActionRecorder:
             adapter = self._zero_like(withdrawn) if target == 0 else self._stored_adapter(target)
         self._event(target, "rollback", AdapterStatus.LIVE, 1.0, action.reason)
         signed = self._signer.rollback(
-            self.cohort, target, adapter, parent_version=withdrawn,
+            self.cohort,
+            target,
+            adapter,
+            parent_version=withdrawn,
             created_at=self._release.released_at,
-        )  # fmt: skip
+        )
         self.outbox.append(
-            ArtifactRecord(self.cohort, target, "rollback", rollback_key(self.cohort, withdrawn), signed.to_bytes())
+            ArtifactRecord(
+                self.cohort,
+                target,
+                "rollback",
+                rollback_key(self.cohort, withdrawn),
+                signed.to_bytes(),
+            )
         )
 
     def _zero_like(self, version: int) -> bytes:
         """The base (v0) as an adapter: zeros shaped like ``version``'s."""
         w = adapter_from_bytes(self._stored_adapter(version)).weights
-        return adapter_to_bytes(LoRAWeights.zeros(w.A.shape[0], w.rank, w.B.shape[1]), adapter_version=0)
+        return adapter_to_bytes(
+            LoRAWeights.zeros(w.A.shape[0], w.rank, w.B.shape[1]), adapter_version=0
+        )
+
 
 def _hex_signature(signed: SignedAdapter) -> str:
     return b64d(signed.signature).hex()

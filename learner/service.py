@@ -71,11 +71,14 @@ class LearnerStats:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "records": self.records, "learned": self.learned, "actions": self.actions,
-            "refused": dict(sorted(self.refused.items())), "published": self.published,
+            "records": self.records,
+            "learned": self.learned,
+            "actions": self.actions,
+            "refused": dict(sorted(self.refused.items())),
+            "published": self.published,
             "checkpoint_failures": self.checkpoint_failures,
             "publish_failures": self.publish_failures,
-        }  # fmt: skip
+        }
 
 
 class LearnerApp(DurableConsumerApp):
@@ -107,7 +110,9 @@ class LearnerApp(DurableConsumerApp):
         self.stats = LearnerStats()
         self._factory = learner_factory
         self._consumer_config = {
-            **CONSUMER_DEFAULTS, **settings.consumer_config(), **(consumer_config or {})
+            **CONSUMER_DEFAULTS,
+            **settings.consumer_config(),
+            **(consumer_config or {}),
         }
         self._create_topics = create_topics
         self._signer: Signer | None = None
@@ -143,8 +148,13 @@ class LearnerApp(DurableConsumerApp):
         )
         self._await_topics([self.topic])
         self._consumer.subscribe([self.topic], listener=SeekFromDatabase(self))
-        self._log.info("learner_started", topic=self.topic, adapters=self.adapters_topic,
-                       base_model=bundle.sha256[:12], outbox_recovered=recovered)  # fmt: skip
+        self._log.info(
+            "learner_started",
+            topic=self.topic,
+            adapters=self.adapters_topic,
+            base_model=bundle.sha256[:12],
+            outbox_recovered=recovered,
+        )
 
     @property
     def cache(self) -> LearnerCache:
@@ -164,7 +174,9 @@ class LearnerApp(DurableConsumerApp):
         handled = 0
         for tp in sorted(batch, key=lambda t: (t.topic, t.partition)):
             for record in batch[tp]:
-                if not self.handle(record.topic, record.partition, record.offset, record.key, record.value):
+                if not self.handle(
+                    record.topic, record.partition, record.offset, record.key, record.value
+                ):
                     return handled  # rewound: the rest of this poll is read again
                 handled += 1
                 if self._stop.is_set():
@@ -179,9 +191,13 @@ class LearnerApp(DurableConsumerApp):
         """Learn from (or refuse) one record and make the result durable. False if the
         checkpoint failed and the consumer was rewound to the durable offsets."""
         cp = LearnerCheckpoint(
-            region=self.region, group_id=self.group_id, topic=topic, partition=partition,
-            offset=offset, now=utcnow(),
-        )  # fmt: skip
+            region=self.region,
+            group_id=self.group_id,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            now=utcnow(),
+        )
         checked = check_release(key, value, self.region)
         if isinstance(checked, ReleasedAggregate):
             self._learn(cp, checked)
@@ -196,13 +212,23 @@ class LearnerApp(DurableConsumerApp):
                 assert cp.learned is not None
                 release = cp.learned.release
                 self.cache.drop(release.cohort)
-                self._log.error("learner_actions_invalid", cohort=release.cohort,
-                                round=release.round, detail=str(exc)[:300])  # fmt: skip
+                self._log.error(
+                    "learner_actions_invalid",
+                    cohort=release.cohort,
+                    round=release.round,
+                    detail=str(exc)[:300],
+                )
                 cp = LearnerCheckpoint(
-            region=self.region, group_id=self.group_id, topic=topic, partition=partition,
-            offset=offset, now=utcnow(),
-        )  # fmt: skip
-                cp.refuse(Refusal(RefuseReason.LEARNER_ERROR, f"invalid actions: {exc}"[:300], release))
+                    region=self.region,
+                    group_id=self.group_id,
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    now=utcnow(),
+                )
+                cp.refuse(
+                    Refusal(RefuseReason.LEARNER_ERROR, f"invalid actions: {exc}"[:300], release)
+                )
                 cp.commit(self.engine, self._signer_or_fail())
         except Exception as exc:
             self._on_checkpoint_failure(cp, exc)
@@ -212,19 +238,36 @@ class LearnerApp(DurableConsumerApp):
 
     def _learn(self, cp: LearnerCheckpoint, release: ReleasedAggregate) -> None:
         if self._already_learned(release):
-            cp.refuse(Refusal(RefuseReason.DUPLICATE, f"{release.key().decode()} already learned", release))
+            cp.refuse(
+                Refusal(
+                    RefuseReason.DUPLICATE, f"{release.key().decode()} already learned", release
+                )
+            )
             return
         hosted = self.cache.get(release.cohort)
         try:
             actions = hosted.learner.learn_one(release)
             learned = Learned(
-                release, list(actions), hosted.learner.to_state(), hosted.learner.plan(), hosted.revision
+                release,
+                list(actions),
+                hosted.learner.to_state(),
+                hosted.learner.plan(),
+                hosted.revision,
             )
         except Exception as exc:  # a learner bug must not stop the region; record it
             self.cache.drop(release.cohort)
-            self._log.error("learner_error", cohort=release.cohort, round=release.round,
-                            error=exc.__class__.__name__, detail=str(exc)[:300])  # fmt: skip
-            cp.refuse(Refusal(RefuseReason.LEARNER_ERROR, f"{exc.__class__.__name__}: {exc}"[:300], release))
+            self._log.error(
+                "learner_error",
+                cohort=release.cohort,
+                round=release.round,
+                error=exc.__class__.__name__,
+                detail=str(exc)[:300],
+            )
+            cp.refuse(
+                Refusal(
+                    RefuseReason.LEARNER_ERROR, f"{exc.__class__.__name__}: {exc}"[:300], release
+                )
+            )
             return
         cp.learn(learned)
 
@@ -245,8 +288,14 @@ class LearnerApp(DurableConsumerApp):
         self.stats.checkpoint_failures += 1
         if cp.learned is not None:
             self.cache.drop(cp.learned.release.cohort)
-        self._log.warning("checkpoint_failed", error=exc.__class__.__name__, detail=str(exc)[:300],
-                          topic=cp.topic, partition=cp.partition, offset=cp.offset)  # fmt: skip
+        self._log.warning(
+            "checkpoint_failed",
+            error=exc.__class__.__name__,
+            detail=str(exc)[:300],
+            topic=cp.topic,
+            partition=cp.partition,
+            offset=cp.offset,
+        )
         consumer = self._consumer
         if consumer is not None:
             self.seek_to_durable(consumer.assignment() or [TopicPartition(cp.topic, cp.partition)])
@@ -257,16 +306,28 @@ class LearnerApp(DurableConsumerApp):
         if cp.learned is not None:
             rel = cp.learned.release
             assert cp.revision is not None
-            self.cache.committed(rel.cohort, cp.revision, rel.round, cp.learned.plan.model_dump(mode="json"))
+            self.cache.committed(
+                rel.cohort, cp.revision, rel.round, cp.learned.plan.model_dump(mode="json")
+            )
             self.stats.learned += 1
             self.stats.actions += len(cp.learned.actions)
-            self._log.info("learned", cohort=rel.cohort, round=rel.round,
-                           actions=[f"{a.kind}:v{a.version}:{a.status.value}" for a in cp.learned.actions],
-                           outbox=len(cp.outbox))  # fmt: skip
+            self._log.info(
+                "learned",
+                cohort=rel.cohort,
+                round=rel.round,
+                actions=[f"{a.kind}:v{a.version}:{a.status.value}" for a in cp.learned.actions],
+                outbox=len(cp.outbox),
+            )
         elif cp.refusal is not None:
             self.stats.refused[cp.refusal.reason.value] += 1
-            self._log.warning("refused", reason=cp.refusal.reason.value, detail=cp.refusal.detail[:200],
-                              topic=cp.topic, partition=cp.partition, offset=cp.offset)  # fmt: skip
+            self._log.warning(
+                "refused",
+                reason=cp.refusal.reason.value,
+                detail=cp.refusal.detail[:200],
+                topic=cp.topic,
+                partition=cp.partition,
+                offset=cp.offset,
+            )
         if cp.outbox:
             self.publish_outbox()
         self._mirror_offset(cp)
@@ -276,7 +337,9 @@ class LearnerApp(DurableConsumerApp):
         if self._producer is None:
             return 0
         try:
-            n = adapter_topic.publish_pending(self.engine, self._producer, self.region, self.adapters_topic)
+            n = adapter_topic.publish_pending(
+                self.engine, self._producer, self.region, self.adapters_topic
+            )
         except Exception as exc:
             self.stats.publish_failures += 1
             self._log.warning("publish_failed", error=exc.__class__.__name__, detail=str(exc)[:300])

@@ -51,11 +51,12 @@ class LearnerSettings(BaseModel):
     metrics_port: Annotated[
         int | None,
         Field(
-            ge=1, le=65535,
+            ge=1,
+            le=65535,
             description="Default port of `/metrics` and `/healthz` for `sotto learn` "
             "(its `--metrics-port` wins); unset: no HTTP server.",
         ),
-    ] = None  # fmt: skip
+    ] = None
 
     window: Annotated[
         int, Field(ge=1, description="Released rounds in a cohort's sliding window.")
@@ -121,8 +122,17 @@ class LearnerSettings(BaseModel):
         from learner.cohort import LearnerConfig
 
         names = (
-            "window", "max_age_s", "decay", "min_window", "shadow_margin", "canary_margin",
-            "confidence", "min_devices", "canary_fraction", "max_shadow_rounds",
-            "max_canary_rounds", "cooldown_rounds",
-        )  # fmt: skip
+            "window",
+            "max_age_s",
+            "decay",
+            "min_window",
+            "shadow_margin",
+            "canary_margin",
+            "confidence",
+            "min_devices",
+            "canary_fraction",
+            "max_shadow_rounds",
+            "max_canary_rounds",
+            "cooldown_rounds",
+        )
         return LearnerConfig(**{n: getattr(self, n) for n in names})

@@ -41,7 +41,7 @@ def instruction_tokens(text: str) -> list[str]:
     tokens = [f"w:{w}" for w in _WORD.findall(lowered)]
     for run in _CJK.findall(lowered):
         tokens += [f"c:{ch}" for ch in run]
-        tokens += [f"b:{run[i:i + 2]}" for i in range(len(run) - 1)]
+        tokens += [f"b:{run[i : i + 2]}" for i in range(len(run) - 1)]
     return tokens
 
 

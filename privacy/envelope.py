@@ -67,9 +67,7 @@ def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
         # strict UTF-8. The stdlib parser would raise RecursionError or ValueError instead.
         obj = from_json(raw, allow_inf_nan=False)
     except ValueError as exc:
-        raise EnvelopeRejected(
-            RejectReason.MALFORMED, f"not JSON: {str(exc)[:80]}"
-        ) from None
+        raise EnvelopeRejected(RejectReason.MALFORMED, f"not JSON: {str(exc)[:80]}") from None
     if not isinstance(obj, dict):
         raise EnvelopeRejected(RejectReason.MALFORMED, "not a JSON object")
     if obj.get("v") != ENVELOPE_VERSION and "v" in obj:

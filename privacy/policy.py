@@ -49,8 +49,13 @@ class Topics(BaseModel):
     def all(self) -> list[str]:
         assert self.audit is not None
         return [
-            self.ingest, self.dead_letter, self.aggregates, self.rounds, self.adapters, self.audit
-        ]  # fmt: skip
+            self.ingest,
+            self.dead_letter,
+            self.aggregates,
+            self.rounds,
+            self.adapters,
+            self.audit,
+        ]
 
 
 class RegionConfig(BaseModel):

@@ -239,7 +239,11 @@ class DeadLetter(Frozen):
             (p + "original-size", str(self.original_size).encode()),
             (p + "original-sha256", self.original_sha256.encode()),
             (p + "truncated", b"true" if self.truncated else b"false"),
-            *([] if self.original_key is None else [(p + "original-key", b64e(self.original_key).encode())]),
+            *(
+                []
+                if self.original_key is None
+                else [(p + "original-key", b64e(self.original_key).encode())]
+            ),
             *[(k, v) for k, v in self.original_headers if not k.startswith(p)],
         ]
 

@@ -26,8 +26,12 @@ def test_demo_report_numbers(tmp_path: Path, kafka_bootstrap: str) -> None:
         assert f["sent"] == 2 * 3  # the foundation stage: one round, 2 cohorts x 3 devices
         assert f["accepted"] == f["sent"]  # every delivered summary counted once
         assert f["rejected"] == {
-            "malformed": 1, "schema_violation": 1, "replay": 1, "decrypt_failed": 1, "wrong_region": 1,
-        }  # fmt: skip
+            "malformed": 1,
+            "schema_violation": 1,
+            "replay": 1,
+            "decrypt_failed": 1,
+            "wrong_region": 1,
+        }
         assert sum(a["count"] for a in f["aggregates"]) == f["accepted"]
         assert {a["cohort"] for a in f["aggregates"]} == {f"{region}-c0", f"{region}-c1"}
         assert f["audit_ok"] is True
@@ -49,10 +53,22 @@ def test_audit_passes_on_demo_data_and_fails_on_a_tampered_copy(
     def audit(h: Path, region: str) -> subprocess.CompletedProcess[str]:
         env = {**__import__("os").environ, "SOTTO_HOME": str(h)}
         return subprocess.run(
-            [sys.executable, "-m", "deploy", "audit", "--region", region, "--json",
-             "--out", str(tmp_path / f"audit-{region}.json")],
-            capture_output=True, text=True, env=env, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "deploy",
+                "audit",
+                "--region",
+                region,
+                "--json",
+                "--out",
+                str(tmp_path / f"audit-{region}.json"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
 
     for region in ("eu", "cn"):
         ok = audit(home, region)
@@ -84,9 +100,15 @@ def test_full_loop_demo_report(tmp_path: Path, kafka_bootstrap: str) -> None:
 
     out = tmp_path / "report"
     report = run_demo(
-        rounds=3, devices=10, cohorts=1, out_dir=out, home=tmp_path / "home",
-        bootstrap=kafka_bootstrap, epsilon_per_round=2.0, budget_epsilon=16.0,
-    )  # fmt: skip
+        rounds=3,
+        devices=10,
+        cohorts=1,
+        out_dir=out,
+        home=tmp_path / "home",
+        bootstrap=kafka_bootstrap,
+        epsilon_per_round=2.0,
+        budget_epsilon=16.0,
+    )
     assert report["status"] == "complete"
     saved = json.loads((out / "report.json").read_text())
     assert (out / "index.html").is_file() and (out / "hit1.png").is_file()
@@ -124,10 +146,24 @@ def test_ctrl_c_leaves_a_partial_report(tmp_path: Path, kafka_bootstrap: str) ->
         "SOTTO_HOME": str(tmp_path / "h"),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy", "demo", "--rounds", "8", "--devices", "8", "--cohorts", "1",
-         "--out", str(tmp_path / "r")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "deploy",
+            "demo",
+            "--rounds",
+            "8",
+            "--devices",
+            "8",
+            "--cohorts",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     report = tmp_path / "r" / "report.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

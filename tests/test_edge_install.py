@@ -19,14 +19,29 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_VENV_BYTES = 400 * 1024 * 1024
 BACKEND_LIBS = ("torch", "sqlalchemy", "alembic", "matplotlib", "river", "typer", "rich")
 EDGE_MODULES = (
-    "edge_client.steps", "edge_client.context_store", "edge_client.summary", "edge_client.outbox",
-    "edge_client.producer", "edge_client.device", "edge_client.round_client",
-    "edge_client.runtime", "edge_client.contribution", "edge_client.adapter_sync",
-    "edge_client.autoglm", "edge_client.hint", "privacy.secagg.client", "privacy.envelope",
-)  # fmt: skip
+    "edge_client.steps",
+    "edge_client.context_store",
+    "edge_client.summary",
+    "edge_client.outbox",
+    "edge_client.producer",
+    "edge_client.device",
+    "edge_client.round_client",
+    "edge_client.runtime",
+    "edge_client.contribution",
+    "edge_client.adapter_sync",
+    "edge_client.autoglm",
+    "edge_client.hint",
+    "privacy.secagg.client",
+    "privacy.envelope",
+)
 # The SDK's own tests that need neither a broker nor torch.
-EDGE_TESTS = ("test_steps.py", "test_context_store.py", "test_outbox.py", "test_summary.py",
-              "test_autoglm.py")  # fmt: skip
+EDGE_TESTS = (
+    "test_steps.py",
+    "test_context_store.py",
+    "test_outbox.py",
+    "test_summary.py",
+    "test_autoglm.py",
+)
 
 
 def _size(path: Path) -> int:
@@ -50,8 +65,10 @@ def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     subprocess.run(
         [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
-        check=True, env=env, timeout=1200,
-    )  # fmt: skip
+        check=True,
+        env=env,
+        timeout=1200,
+    )
     return root
 
 
@@ -84,17 +101,36 @@ def test_edge_install_has_no_backend_libraries_and_is_small(
 def test_edge_sdk_tests_pass_in_the_edge_venv(edge_venv: Path) -> None:
     py = edge_venv / "bin" / "python"
     install = _run(
-        py, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-        "pytest>=8,<10", "pytest-timeout>=2.3,<3", "hypothesis>=6.100,<7", cwd=REPO,
-    )  # fmt: skip
+        py,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "pytest>=8,<10",
+        "pytest-timeout>=2.3,<3",
+        "hypothesis>=6.100,<7",
+        cwd=REPO,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     tests = [f"tests/edge/{name}" for name in EDGE_TESTS]
     # --confcutdir: the session conftest (a Kafka broker, deploy/) is not the SDK's business;
     # -P and importlib mode keep the checkout off sys.path: the installed package is what runs.
     res = _run(
-        py, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--confcutdir=tests/edge",
-        "--import-mode=importlib", "--rootdir", str(REPO), *tests, cwd=REPO,
-    )  # fmt: skip
+        py,
+        "-P",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--confcutdir=tests/edge",
+        "--import-mode=importlib",
+        "--rootdir",
+        str(REPO),
+        *tests,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "error" not in res.stdout.splitlines()[-1]
 

@@ -177,10 +177,24 @@ def test_ingest_coordinate_takes_its_budget_from_settings(
     monkeypatch.setenv("SOTTO_INGEST__METRICS_PORT", "9101")
     runner = CliRunner()
     assert runner.invoke(app, ["ingest", "--region", "eu", "--coordinate"]).exit_code == 0
-    assert runner.invoke(
-        app, ["ingest", "--region", "eu", "--coordinate", "--budget-epsilon", "2",
-              "--budget-delta", "1e-7", "--metrics-port", "9200"],
-    ).exit_code == 0  # fmt: skip
+    assert (
+        runner.invoke(
+            app,
+            [
+                "ingest",
+                "--region",
+                "eu",
+                "--coordinate",
+                "--budget-epsilon",
+                "2",
+                "--budget-delta",
+                "1e-7",
+                "--metrics-port",
+                "9200",
+            ],
+        ).exit_code
+        == 0
+    )
     first, second = calls
     assert first[0] == 3.5 and first[1] == 1e-5
     assert first[2] == 9101

@@ -93,9 +93,12 @@ class DeviceFleet:
         self._key: KeyEntry | None = None
         self._outbox = Outbox(self.data_dir / f"fleet-{region}-outbox.db", keep_sent=100_000)
         self._producer = OutboxProducer(
-            self._outbox, self.home.bootstrap_servers, timeout_s=timeout_s,
-            topics=[self.home.t.ingest], client_id=f"sotto-fleet-{region}",
-        )  # fmt: skip
+            self._outbox,
+            self.home.bootstrap_servers,
+            timeout_s=timeout_s,
+            topics=[self.home.t.ingest],
+            client_id=f"sotto-fleet-{region}",
+        )
         transport = OutboxTransport(self.home, self._outbox, self._producer, self._current_key)
         self.participants: dict[str, RoundParticipant] = {
             dev: RoundParticipant(
@@ -107,7 +110,7 @@ class DeviceFleet:
                 randomness=randomness,
                 keep_inputs=keep_inputs,
                 floor=floor,
-            )  # fmt: skip
+            )
             for dev, cohort in self.devices.items()
         }
         self._consumer: KafkaConsumer | None = None
@@ -126,10 +129,12 @@ class DeviceFleet:
     def start(self, wait_s: float = 30.0) -> None:
         """Attach to the end of the rounds topic (it must exist: ingestion creates it)."""
         consumer = KafkaConsumer(
-            bootstrap_servers=self.home.bootstrap_servers, group_id=None,
-            enable_auto_commit=False, fetch_max_wait_ms=50,
+            bootstrap_servers=self.home.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
             client_id=f"sotto-fleet-{self.region}",
-        )  # fmt: skip
+        )
         topic, deadline = self.home.t.rounds, time.monotonic() + wait_s
         parts = consumer.partitions_for_topic(topic)
         while not parts and time.monotonic() < deadline:

@@ -58,8 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("task", nargs="?", default="打开导航去公司", help="what to ask the agent")
     p.add_argument("--home", type=Path, default=Path(".sotto"), help="Sotto home folder")
-    p.add_argument("--base-model", type=Path, default=None,
-                   help="base model ONNX file (default: the newest <home>/models/*/base.onnx)")  # fmt: skip
+    p.add_argument(
+        "--base-model",
+        type=Path,
+        default=None,
+        help="base model ONNX file (default: the newest <home>/models/*/base.onnx)",
+    )
     p.add_argument("--region", default="cn", help="this phone's home region")
     p.add_argument("--cohort", default="cn-c0", help="this phone's cohort")
     p.add_argument("--device-id", default="phone-1", help="local label; never sent")
@@ -67,8 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="autoglm-phone-9b", help="served model name")
     p.add_argument("--apikey", default="EMPTY", help="model endpoint API key")
     p.add_argument("--lang", choices=("cn", "en"), default="cn", help="prompt language")
-    p.add_argument("--where", choices=("task", "system_prompt"), default="task",
-                   help="put the hint in the task text or the system prompt")  # fmt: skip
+    p.add_argument(
+        "--where",
+        choices=("task", "system_prompt"),
+        default="task",
+        help="put the hint in the task text or the system prompt",
+    )
     p.add_argument("--min-score", type=float, default=0.6, help="confidence for a hint")
     p.add_argument("--sync", action="store_true", help="install adapters from Kafka first")
     p.add_argument("--ask", action="store_true", help="ask whether the app was right")
@@ -144,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
 
         agent = PhoneAgent(
             model_config=ModelConfig(
-                base_url=args.base_url, model_name=args.model, api_key=args.apikey,
+                base_url=args.base_url,
+                model_name=args.model,
+                api_key=args.apikey,
                 lang=args.lang,
             ),
             agent_config=AgentConfig(lang=args.lang),
-        )  # fmt: skip
+        )
         factory = get_device_factory()
         observer = personalize(
             agent,

@@ -21,14 +21,18 @@ ACTIONS = ("Launch", "Tap", "Type", "Swipe", "Back", "Home", "Wait")
 def random_summary(rng: np.random.Generator) -> RoundSummary:
     vec = rng.standard_normal(EMBEDDING_DIM).astype(np.float32)
     counts = BehaviorCounts(
-        steps=int(rng.integers(0, 50)), accepted=int(rng.integers(0, 20)),
-        overridden=int(rng.integers(0, 5)), failed=int(rng.integers(0, 5)),
-    )  # fmt: skip
+        steps=int(rng.integers(0, 50)),
+        accepted=int(rng.integers(0, 20)),
+        overridden=int(rng.integers(0, 5)),
+        failed=int(rng.integers(0, 5)),
+    )
     hist = {a: int(rng.integers(1, 9)) for a in rng.choice(ACTIONS, size=3, replace=False)}
     return RoundSummary.build(vec, counts, hist)
 
 
-def seal_for(settings: SottoSettings, region: str, summary: RoundSummary, cohort: str, rnd: int) -> Envelope:
+def seal_for(
+    settings: SottoSettings, region: str, summary: RoundSummary, cohort: str, rnd: int
+) -> Envelope:
     keyset = keystore.load_keyset(settings.policy.region(region).keyset_dir)
     return seal(summary, key=keyset.current(), cohort=cohort, round=rnd)
 
@@ -41,7 +45,9 @@ class Truth:
     vec: dict[tuple[str, int], np.ndarray] = field(
         default_factory=lambda: defaultdict(lambda: np.zeros(EMBEDDING_DIM))
     )
-    counts: dict[tuple[str, int], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    counts: dict[tuple[str, int], Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter)
+    )
     hist: dict[tuple[str, int], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     def add(self, cohort: str, rnd: int, s: RoundSummary) -> None:
@@ -84,7 +90,9 @@ def produce(
         producer.close()
 
 
-def read_all(bootstrap: str, topic: str, timeout_s: float = 20.0, wait_topic_s: float = 3.0) -> list:
+def read_all(
+    bootstrap: str, topic: str, timeout_s: float = 20.0, wait_topic_s: float = 3.0
+) -> list:
     """Every record currently in ``topic`` (all partitions), without a consumer group;
     ``[]`` if the topic does not exist."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)

@@ -57,16 +57,31 @@ def test_bad_inputs_go_to_dlq_and_valid_ones_count(settings: SottoSettings) -> N
         (RejectReason.MALFORMED, b"\x00\xffnot json at all"),
         (RejectReason.MALFORMED, b"[1, 2, 3]"),
         (RejectReason.SCHEMA, b'{"v": 1, "msg_id": "nothex", "region": "eu"}'),
-        (RejectReason.UNSUPPORTED_VERSION, good.model_copy(update={"v": 1}).to_bytes().replace(b'"v":1', b'"v":9')),
-        (RejectReason.WRONG_REGION, seal_for(settings, "cn", random_summary(rng), "c", 3).to_bytes()),
-        (RejectReason.KEY_REGION_MISMATCH, good.model_copy(update={"key_id": cn_key.key_id}).to_bytes()),
+        (
+            RejectReason.UNSUPPORTED_VERSION,
+            good.model_copy(update={"v": 1}).to_bytes().replace(b'"v":1', b'"v":9'),
+        ),
+        (
+            RejectReason.WRONG_REGION,
+            seal_for(settings, "cn", random_summary(rng), "c", 3).to_bytes(),
+        ),
+        (
+            RejectReason.KEY_REGION_MISMATCH,
+            good.model_copy(update={"key_id": cn_key.key_id}).to_bytes(),
+        ),
         (RejectReason.UNKNOWN_KEY, good.model_copy(update={"key_id": "eu-nobody"}).to_bytes()),
         (RejectReason.DECRYPT_FAILED, _flip_ct(good)),
         (RejectReason.DECRYPT_FAILED, good.model_copy(update={"round": 5}).to_bytes()),
         (RejectReason.DECRYPT_FAILED, good.model_copy(update={"cohort": "other"}).to_bytes()),
-        (RejectReason.PAYLOAD_INVALID, seal(NotASummary(), key=eu_key, cohort="c", round=3).to_bytes()),
-        (RejectReason.OVERSIZED, b'{"pad": "' + b"x" * (settings.ingest.max_envelope_bytes + 1) + b'"}'),
-    ]  # fmt: skip
+        (
+            RejectReason.PAYLOAD_INVALID,
+            seal(NotASummary(), key=eu_key, cohort="c", round=3).to_bytes(),
+        ),
+        (
+            RejectReason.OVERSIZED,
+            b'{"pad": "' + b"x" * (settings.ingest.max_envelope_bytes + 1) + b'"}',
+        ),
+    ]
     replayed = valid()
     values: list[bytes] = [replayed]
     expected: list[RejectReason | None] = [None]

@@ -59,7 +59,11 @@ def _start(settings: SottoSettings, log: Path, *extra: str) -> subprocess.Popen[
 
 def _durable(engine) -> int:  # type: ignore[no-untyped-def]
     with reading(engine) as conn:
-        return int(conn.execute(select(func.coalesce(func.sum(consumer_offsets.c.next_offset), 0))).scalar())
+        return int(
+            conn.execute(
+                select(func.coalesce(func.sum(consumer_offsets.c.next_offset), 0))
+            ).scalar()
+        )
 
 
 def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
@@ -122,7 +126,9 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     engine.dispose()
 
 
-def test_sigterm_finishes_the_batch_and_exits_cleanly(settings: SottoSettings, tmp_path: Path) -> None:
+def test_sigterm_finishes_the_batch_and_exits_cleanly(
+    settings: SottoSettings, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(4)
     eu = settings.policy.region("eu")
     values = [seal_for(settings, "eu", random_summary(rng), "t", 0).to_bytes() for _ in range(3000)]

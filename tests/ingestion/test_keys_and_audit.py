@@ -86,7 +86,9 @@ def test_checkpoint_refuses_offsets_that_go_backwards(settings: SottoSettings) -
         raw = seal(random_summary(rng), key=key, cohort="f", round=0).to_bytes()
         verdict = validator.validate(raw, eu.t.ingest, 0, offset)
         assert isinstance(verdict, Accepted)
-        cp = BatchCheckpoint(region="eu", group_id="g", dead_letter_topic=eu.t.dead_letter, now=utcnow())
+        cp = BatchCheckpoint(
+            region="eu", group_id="g", dead_letter_topic=eu.t.dead_letter, now=utcnow()
+        )
         cp.accept(verdict, eu.t.ingest, 0, offset)
         return cp
 
@@ -114,7 +116,9 @@ def test_audit_fails_when_sums_disagree_with_accepted_records(settings: SottoSet
     rng = np.random.default_rng(11)
     eu = settings.policy.region("eu")
     key = keystore.load_keyset(eu.keyset_dir).current()
-    values = [seal(random_summary(rng), key=key, cohort="k", round=r % 2).to_bytes() for r in range(6)]
+    values = [
+        seal(random_summary(rng), key=key, cohort="k", round=r % 2).to_bytes() for r in range(6)
+    ]
     with IngestionApp(settings.policy, "eu", settings.ingest) as app:
         produce(settings.kafka_bootstrap or "", eu.t.ingest, values)
         app.process_available(timeout_s=60)
@@ -178,13 +182,19 @@ def test_audit_reports_an_undecided_backlog(settings: SottoSettings) -> None:
     key = keystore.load_keyset(eu.keyset_dir).current()
     group = f"{settings.ingest.group_prefix}-eu"
     with IngestionApp(settings.policy, "eu", settings.ingest) as app:
-        produce(settings.kafka_bootstrap or "", eu.t.ingest,
-                [seal(random_summary(rng), key=key, cohort="k", round=0).to_bytes()])  # fmt: skip
+        produce(
+            settings.kafka_bootstrap or "",
+            eu.t.ingest,
+            [seal(random_summary(rng), key=key, cohort="k", round=0).to_bytes()],
+        )
         app.process_available(timeout_s=60)
         engine = app.engine
         assert check_backlog(engine, eu, group, max_age_s=0.0).ok  # all decided
-        produce(settings.kafka_bootstrap or "", eu.t.ingest,
-                [seal(random_summary(rng), key=key, cohort="k", round=0).to_bytes()])  # fmt: skip
+        produce(
+            settings.kafka_bootstrap or "",
+            eu.t.ingest,
+            [seal(random_summary(rng), key=key, cohort="k", round=0).to_bytes()],
+        )
         check = check_backlog(engine, eu, group, max_age_s=0.0)  # one record left undecided
         assert not check.ok and len(check.evidence["stale_partitions"]) == 1
         assert check_backlog(engine, eu, group, max_age_s=3600.0).ok  # young: not a backlog

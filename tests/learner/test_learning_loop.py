@@ -108,9 +108,8 @@ def test_live_adapter_recovers_after_habit_drift(run: dict) -> None:
     print("navigation hit@1 oracle after drift:", [round(h, 2) for h in oracle])
     assert hits[DRIFT_ROUND] < 0.8 * pre  # the drift really hurt the live adapter
     recovered = [
-        r for r in range(DRIFT_ROUND, ROUNDS)
-        if hits[r] >= RECOVERY_RATIO * oracle[r - DRIFT_ROUND]
-    ]  # fmt: skip
+        r for r in range(DRIFT_ROUND, ROUNDS) if hits[r] >= RECOVERY_RATIO * oracle[r - DRIFT_ROUND]
+    ]
     assert recovered and recovered[0] - DRIFT_ROUND <= RECOVERY_BOUND
 
 
@@ -197,10 +196,16 @@ def _apply_signed(
         w = LoRAWeights(np.array(a.lora_a), np.array(a.lora_b))
         kind = "rollback" if a.kind == "rollback" else "release"
         signed = ship_lora(
-            w, base_model_sha256=sha, version=a.version, region=a.region, cohort=a.cohort,
-            private_key=key, rollout_fraction=a.rollout_fraction if kind == "release" else 1.0,
-            parent_version=a.parent_version, kind=kind,
-        )  # fmt: skip
+            w,
+            base_model_sha256=sha,
+            version=a.version,
+            region=a.region,
+            cohort=a.cohort,
+            private_key=key,
+            rollout_fraction=a.rollout_fraction if kind == "release" else 1.0,
+            parent_version=a.parent_version,
+            kind=kind,
+        )
         for d in devices:
             try:
                 if a.kind == "ship":

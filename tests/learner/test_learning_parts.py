@@ -68,9 +68,13 @@ def test_device_model_shadow_path_equals_numpy_path(
     steps = pop.steps_for_round(pop.devices[0], 1)
     lora = fit_lora(base_net, StepArrays.from_steps(steps), steps=30)
     signed = ship_lora(
-        lora, base_model_sha256=model_sha256(base_onnx), version=1, region="cn",
-        cohort="cn-c0", private_key=key,
-    )  # fmt: skip
+        lora,
+        base_model_sha256=model_sha256(base_onnx),
+        version=1,
+        region="cn",
+        cohort="cn-c0",
+        private_key=key,
+    )
     device = DeviceModel(base_onnx, key.public_key(), "cn", "cn-c0", device_id="d1")
     device.stage(signed)
     plan = AdapterPlan(cohort="cn-c0", live_version=0, shadow_version=1)

@@ -97,20 +97,34 @@ class CountingLearner:
             lora_a, lora_b = (None, None) if target == 0 else self._lora(target)
             actions.append(
                 self._act(
-                    "rollback", target, AdapterStatus.LIVE, parent_version=self._live,
-                    lora_a=lora_a, lora_b=lora_b, reason="drift",
+                    "rollback",
+                    target,
+                    AdapterStatus.LIVE,
+                    parent_version=self._live,
+                    lora_a=lora_a,
+                    lora_b=lora_b,
+                    reason="drift",
                 )
-            )  # fmt: skip
+            )
             self._live = target or None
         lora_a, lora_b = self._lora(n)
         window = self._rounds[-3:]
         self._parents[n] = self._live
         common = {
-            "parent_version": self._live, "rounds": window,
-            "epsilon_spent": release.epsilon_spent, "lora_a": lora_a, "lora_b": lora_b,
-        }  # fmt: skip
+            "parent_version": self._live,
+            "rounds": window,
+            "epsilon_spent": release.epsilon_spent,
+            "lora_a": lora_a,
+            "lora_b": lora_b,
+        }
         actions.append(
-            self._act("register", n, AdapterStatus.CANDIDATE, metrics={"mean": sum(self._total) / DIM}, **common)
+            self._act(
+                "register",
+                n,
+                AdapterStatus.CANDIDATE,
+                metrics={"mean": sum(self._total) / DIM},
+                **common,
+            )
         )
         actions.append(self._act("ship", n, AdapterStatus.SHADOW, **common))
         self._candidate = n
@@ -118,20 +132,28 @@ class CountingLearner:
 
     def plan(self) -> AdapterPlan:
         return AdapterPlan(
-            cohort=self.cohort, live_version=self._live, canary_version=self._canary,
-            canary_fraction=0.5 if self._canary else 0.0, shadow_version=self._candidate,
-        )  # fmt: skip
+            cohort=self.cohort,
+            live_version=self._live,
+            canary_version=self._canary,
+            canary_fraction=0.5 if self._canary else 0.0,
+            shadow_version=self._candidate,
+        )
 
     def to_state(self) -> bytes:
         return json.dumps(
             {
-                "region": self.region, "cohort": self.cohort, "n": self._n,
-                "rounds": self._rounds, "total": self._total, "live": self._live,
-                "candidate": self._candidate, "canary": self._canary,
+                "region": self.region,
+                "cohort": self.cohort,
+                "n": self._n,
+                "rounds": self._rounds,
+                "total": self._total,
+                "live": self._live,
+                "candidate": self._candidate,
+                "canary": self._canary,
                 "parents": {str(k): v for k, v in self._parents.items()},
             },
             sort_keys=True,
-        ).encode()  # fmt: skip
+        ).encode()
 
     @classmethod
     def from_state(cls, state: bytes, delay_s: float = 0.0) -> CountingLearner:
@@ -159,10 +181,19 @@ def counting_factory(delay_s: float | None = None):  # type: ignore[no-untyped-d
 def release(region: str, cohort: str, rnd: int, seed: int | None = None) -> ReleasedAggregate:
     rng = np.random.default_rng(seed if seed is not None else rnd * 131 + len(cohort))
     return ReleasedAggregate.build(
-        rng.normal(0, 1, DIM), region=region, cohort=cohort, round=rnd, layout="test/v1",
-        participants=20, dropped=1, noise_stddev=0.5, epsilon=0.1, delta=1e-6,
-        epsilon_spent=round(0.1 * (rnd + 1), 6), released_at=T0 + timedelta(minutes=rnd),
-    )  # fmt: skip
+        rng.normal(0, 1, DIM),
+        region=region,
+        cohort=cohort,
+        round=rnd,
+        layout="test/v1",
+        participants=20,
+        dropped=1,
+        noise_stddev=0.5,
+        epsilon=0.1,
+        delta=1e-6,
+        epsilon_spent=round(0.1 * (rnd + 1), 6),
+        released_at=T0 + timedelta(minutes=rnd),
+    )
 
 
 def produce_releases(
@@ -177,7 +208,11 @@ def produce_releases(
         for item in releases:
             if isinstance(item, ReleasedAggregate):
                 p = parts[partition_for(item.cohort, len(parts))]
-                futures.append(producer.send(topic, key=item.key(), value=item.model_dump_json().encode(), partition=p))
+                futures.append(
+                    producer.send(
+                        topic, key=item.key(), value=item.model_dump_json().encode(), partition=p
+                    )
+                )
             else:
                 key, value = item
                 futures.append(producer.send(topic, key=key, value=value, partition=parts[0]))
@@ -199,11 +234,15 @@ def _wait_partitions(producer: KafkaProducer, topic: str, timeout_s: float = 30.
     raise AssertionError(f"topic {topic} has no partitions")
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[tuple[int, int, bytes | None, bytes | None, dict[str, bytes]]]:
+def read_topic(
+    bootstrap: str, topic: str, timeout_s: float = 20.0
+) -> list[tuple[int, int, bytes | None, bytes | None, dict[str, bytes]]]:
     """Every record of ``topic`` as ``(partition, offset, key, value, headers)``."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         ends = consumer.end_offsets(parts)
@@ -211,7 +250,9 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[tupl
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < ends[tp] for tp in parts) and time.monotonic() < deadline:
             for tp, records in consumer.poll(timeout_ms=300).items():
-                out += [(tp.partition, r.offset, r.key, r.value, dict(r.headers or [])) for r in records]
+                out += [
+                    (tp.partition, r.offset, r.key, r.value, dict(r.headers or [])) for r in records
+                ]
         return sorted(out, key=lambda r: (r[0], r[1]))
     finally:
         consumer.close()

@@ -49,9 +49,18 @@ def _start(settings: SottoSettings, group: str, log: Path, *extra: str) -> subpr
     }
     env.pop("SOTTO_CONFIG", None)
     cmd = [
-        sys.executable, "-m", "deploy", "learn", "--region", "eu", "--group-id", group,
-        "--learner-factory", "tests.learner_service.helpers:counting_factory", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "deploy",
+        "learn",
+        "--region",
+        "eu",
+        "--group-id",
+        group,
+        "--learner-factory",
+        "tests.learner_service.helpers:counting_factory",
+        *extra,
+    ]
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
 
@@ -88,16 +97,22 @@ def _snapshot(engine: Engine) -> dict[str, object]:
         )
         events: dict[str, list[tuple]] = defaultdict(list)
         for e in conn.execute(select(adapter_events).order_by(adapter_events.c.id)):
-            events[e.cohort].append((e.version, e.action, e.status, e.rollout_fraction, e.round, e.reason))
+            events[e.cohort].append(
+                (e.version, e.action, e.status, e.rollout_fraction, e.round, e.reason)
+            )
         outbox: dict[str, list[tuple]] = defaultdict(list)
         for o in conn.execute(select(adapter_outbox).order_by(adapter_outbox.c.id)):
             outbox[o.cohort].append((o.kind, o.record_key, o.value))
         refusals = conn.execute(select(func.count()).select_from(learner_refusals)).scalar()
     registry = [a.lineage_fields() for a in list_adapters(engine, "eu")]
     return {
-        "state": state, "releases": releases, "events": dict(events), "outbox": dict(outbox),
-        "registry": registry, "refusals": refusals,
-    }  # fmt: skip
+        "state": state,
+        "releases": releases,
+        "events": dict(events),
+        "outbox": dict(outbox),
+        "registry": registry,
+        "refusals": refusals,
+    }
 
 
 def _topic_view(boot: str, topic: str) -> tuple[set[tuple], dict[bytes, bytes | None]]:
@@ -120,7 +135,9 @@ def test_sigkill_mid_stream_learns_every_release_exactly_once(
     boot = settings.kafka_bootstrap or ""
     # the service creates its topics; create them first so the releases can be produced
     adapter_topic.ensure_topics(eu)
-    produce_releases(boot, eu.t.aggregates, [release("eu", c, r) for r in range(ROUNDS) for c in COHORTS])
+    produce_releases(
+        boot, eu.t.aggregates, [release("eu", c, r) for r in range(ROUNDS) for c in COHORTS]
+    )
 
     engine = open_registry(eu.database_url)
     log = tmp_path / "learn.log"
@@ -143,8 +160,12 @@ def test_sigkill_mid_stream_learns_every_release_exactly_once(
 
     ref_settings = _reference_settings(settings, tmp_path)
     with LearnerApp(
-        ref_settings.policy, "eu", ref_settings.learner,
-        base=lambda: deployment_base(ref_settings.home), learner_factory=counting_factory(0.0), group_id=f"{group}-ref"
+        ref_settings.policy,
+        "eu",
+        ref_settings.learner,
+        base=lambda: deployment_base(ref_settings.home),
+        learner_factory=counting_factory(0.0),
+        group_id=f"{group}-ref",
     ) as ref:
         ref.process_available(timeout_s=120)
         ref_snapshot = _snapshot(ref.engine)

@@ -30,8 +30,19 @@ pytestmark = [pytest.mark.kafka]
 
 def _learn(settings: SottoSettings, group: str, rounds: range) -> None:
     eu = settings.policy.region("eu")
-    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
-        produce_releases(settings.kafka_bootstrap or "", eu.t.aggregates, [release("eu", "c0", r) for r in rounds])
+    with LearnerApp(
+        settings.policy,
+        "eu",
+        settings.learner,
+        base=lambda: deployment_base(settings.home),
+        learner_factory=counting_factory(0.0),
+        group_id=group,
+    ) as app:
+        produce_releases(
+            settings.kafka_bootstrap or "",
+            eu.t.aggregates,
+            [release("eu", "c0", r) for r in rounds],
+        )
         app.process_available(timeout_s=60)
 
 
@@ -43,7 +54,9 @@ def _hostile_records(settings: SottoSettings) -> list[tuple[bytes | None, bytes 
     w = ModelConfig().zero_lora()
     big = LoRAWeights(w.A + 1.0, w.B + 1.0)
 
-    forged = ship_lora(big, base_model_sha256=sha, version=90, region="eu", cohort="c0", private_key=attacker)
+    forged = ship_lora(
+        big, base_model_sha256=sha, version=90, region="eu", cohort="c0", private_key=attacker
+    )
     spoofed = forged.model_copy(update={"key_id": key_id(real_key.public_key())})
 
     valid = [
@@ -56,7 +69,9 @@ def _hostile_records(settings: SottoSettings) -> list[tuple[bytes | None, bytes 
     raw = bytearray(b64d(valid.adapter))
     raw[len(raw) // 2] ^= 0xFF
     tampered_bytes = valid.model_copy(update={"adapter": b64e(bytes(raw))})
-    foreign = ship_lora(big, base_model_sha256=sha, version=92, region="cn", cohort="c0", private_key=real_key)
+    foreign = ship_lora(
+        big, base_model_sha256=sha, version=92, region="cn", cohort="c0", private_key=real_key
+    )
 
     return [
         (b"c0|90", forged.to_bytes()),  # signed by a key the device does not trust
@@ -92,9 +107,7 @@ def test_forged_and_tampered_records_are_rejected_valid_ones_apply(
             apply(device, item, stats)
         assert feed.stats.malformed == 3
 
-    assert stats.rejected == Counter(
-        {"unknown_key": 1, "bad_signature": 3, "wrong_region": 1}
-    )
+    assert stats.rejected == Counter({"unknown_key": 1, "bad_signature": 3, "wrong_region": 1})
     assert stats.outcomes[Outcome.INSTALLED] >= 2 and stats.outcomes[Outcome.STAGED] >= 1
     engine = open_registry(eu.database_url)
     live = live_adapter(engine, "eu", "c0")

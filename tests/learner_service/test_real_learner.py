@@ -34,7 +34,9 @@ ROUNDS = 8
 def _closed_loop(settings: SottoSettings) -> tuple[CohortLearner, list[ReleasedAggregate], list]:
     """Releases as the round coordinator would produce them, under the learner's own plans."""
     net = deployment_base(settings.home).net
-    cache = StepCache(Population(seed=11, regions=("eu",), cohorts_per_region=1, devices_per_cohort=120))
+    cache = StepCache(
+        Population(seed=11, regions=("eu",), cohorts_per_region=1, devices_per_cohort=120)
+    )
     fleet = CohortFleet(
         cache, COHORT, Trunk.from_net(net), noise_multiplier=accountant.calibrate(1.0, 1e-5), seed=1
     )
@@ -49,12 +51,20 @@ def _closed_loop(settings: SottoSettings) -> tuple[CohortLearner, list[ReleasedA
     return local, releases, actions
 
 
-def test_service_with_cohort_learner_matches_in_memory_run(settings: SottoSettings, group: str) -> None:
+def test_service_with_cohort_learner_matches_in_memory_run(
+    settings: SottoSettings, group: str
+) -> None:
     local, releases, actions = _closed_loop(settings)
     assert any(a.kind == "promote" for a in actions), "the run should get past shadow"
     eu = settings.policy.region("eu")
     boot = settings.kafka_bootstrap or ""
-    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), group_id=group) as app:
+    with LearnerApp(
+        settings.policy,
+        "eu",
+        settings.learner,
+        base=lambda: deployment_base(settings.home),
+        group_id=group,
+    ) as app:
         produce_releases(boot, eu.t.aggregates, releases)
         app.process_available(timeout_s=240)
         assert app.stats.learned == ROUNDS and app.stats.refused == {}
@@ -70,7 +80,9 @@ def test_service_with_cohort_learner_matches_in_memory_run(settings: SottoSettin
     assert {r.version: r.status for r in registry} == dict(last_status)  # v0: "retired" base
 
     bundle = deployment_base(settings.home)
-    device = DeviceModel(bundle.onnx_bytes, keystore.signing_public_key(eu.keyset_dir), "eu", COHORT)
+    device = DeviceModel(
+        bundle.onnx_bytes, keystore.signing_public_key(eu.keyset_dir), "eu", COHORT
+    )
     stats = SyncStats()
     with AdapterFeed(boot, eu.t.adapters) as feed:
         for item in feed.poll_all():

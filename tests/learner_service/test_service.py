@@ -36,7 +36,14 @@ ROUNDS = 9
 
 
 def _run(settings: SottoSettings, group: str) -> LearnerApp:
-    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(
+        settings.policy,
+        "eu",
+        settings.learner,
+        base=lambda: deployment_base(settings.home),
+        learner_factory=counting_factory(0.0),
+        group_id=group,
+    ) as app:
         app.process_available(timeout_s=90)
         return app
 
@@ -44,8 +51,17 @@ def _run(settings: SottoSettings, group: str) -> LearnerApp:
 def test_releases_in_signed_adapters_out(settings: SottoSettings, group: str) -> None:
     eu = settings.policy.region("eu")
     boot = settings.kafka_bootstrap or ""
-    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
-        produce_releases(boot, eu.t.aggregates, [release("eu", c, r) for r in range(ROUNDS) for c in COHORTS])
+    with LearnerApp(
+        settings.policy,
+        "eu",
+        settings.learner,
+        base=lambda: deployment_base(settings.home),
+        learner_factory=counting_factory(0.0),
+        group_id=group,
+    ) as app:
+        produce_releases(
+            boot, eu.t.aggregates, [release("eu", c, r) for r in range(ROUNDS) for c in COHORTS]
+        )
         app.process_available(timeout_s=90)
         engine = app.engine
         assert app.stats.learned == ROUNDS * len(COHORTS)
@@ -94,12 +110,21 @@ def test_releases_in_signed_adapters_out(settings: SottoSettings, group: str) ->
         assert canary.live_version >= follower.live_version or canary.live_version == 0
 
 
-def test_other_region_garbage_and_duplicates_are_refused(settings: SottoSettings, group: str) -> None:
+def test_other_region_garbage_and_duplicates_are_refused(
+    settings: SottoSettings, group: str
+) -> None:
     eu = settings.policy.region("eu")
     boot = settings.kafka_bootstrap or ""
     foreign = release("cn", "c9", 0)
     good = release("eu", "c0", 0)
-    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(
+        settings.policy,
+        "eu",
+        settings.learner,
+        base=lambda: deployment_base(settings.home),
+        learner_factory=counting_factory(0.0),
+        group_id=group,
+    ) as app:
         produce_releases(
             boot,
             eu.t.aggregates,
@@ -114,7 +139,9 @@ def test_other_region_garbage_and_duplicates_are_refused(settings: SottoSettings
         app.process_available(timeout_s=60)
         with reading(app.engine) as conn:
             refused = Counter(r.reason for r in conn.execute(select(learner_refusals)))
-            applied = conn.execute(select(learner_releases.c.region, learner_releases.c.cohort)).all()
+            applied = conn.execute(
+                select(learner_releases.c.region, learner_releases.c.cohort)
+            ).all()
             wrong = conn.execute(
                 select(learner_refusals).where(learner_refusals.c.reason == "wrong_region")
             ).one()
@@ -127,7 +154,9 @@ def test_other_region_garbage_and_duplicates_are_refused(settings: SottoSettings
 
 def test_registry_lineage_queries(settings: SottoSettings, group: str) -> None:
     eu = settings.policy.region("eu")
-    produce_releases(settings.kafka_bootstrap or "", eu.t.aggregates, [release("eu", "c0", r) for r in range(8)])
+    produce_releases(
+        settings.kafka_bootstrap or "", eu.t.aggregates, [release("eu", "c0", r) for r in range(8)]
+    )
     app = _run(settings, group)
     from learner.registry import open_registry
 
@@ -138,14 +167,25 @@ def test_registry_lineage_queries(settings: SottoSettings, group: str) -> None:
     # CountingLearner's schedule: live at even n, canary at odd n, reject every 4th,
     # and at n=7 roll live v5 back to its parent v1 (which had been retired at n=6)
     assert {v: r.status for v, r in by_version.items()} == {
-        1: "live", 2: "canary", 3: "rejected", 4: "canary", 5: "rolled_back",
-        6: "canary", 7: "rejected", 8: "shadow",
-    }  # fmt: skip
+        1: "live",
+        2: "canary",
+        3: "rejected",
+        4: "canary",
+        5: "rolled_back",
+        6: "canary",
+        7: "rejected",
+        8: "shadow",
+    }
     assert live_adapter(engine, "eu", "c0").version == 1  # type: ignore[union-attr]
     assert by_version[2].manifest["rollout_fraction"] == 0.5  # type: ignore[index]
     assert by_version[8].manifest["rollout_fraction"] == 0.0  # type: ignore[index]
-    assert all(r.artifact_sha256 and r.signature and r.manifest for r in rows if r.status != "candidate")
-    assert by_version[8].rounds == [5, 6, 7] and (by_version[8].window_first, by_version[8].window_last) == (5, 7)
+    assert all(
+        r.artifact_sha256 and r.signature and r.manifest for r in rows if r.status != "candidate"
+    )
+    assert by_version[8].rounds == [5, 6, 7] and (
+        by_version[8].window_first,
+        by_version[8].window_last,
+    ) == (5, 7)
     assert by_version[8].epsilon_spent == pytest.approx(0.8)
     chain = lineage(engine, "eu", "c0", 8)
     assert chain[0].version == 8
@@ -153,9 +193,12 @@ def test_registry_lineage_queries(settings: SottoSettings, group: str) -> None:
         assert child.parent_version == parent.version
     history = adapter_history(engine, "eu", "c0", 1)
     assert [(h["action"], h["status"], h["round"]) for h in history] == [
-        ("register", "candidate", 0), ("ship", "shadow", 0), ("promote", "live", 1),
-        ("retire", "retired", 5), ("rollback", "live", 6),
-    ]  # fmt: skip
+        ("register", "candidate", 0),
+        ("ship", "shadow", 0),
+        ("promote", "live", 1),
+        ("retire", "retired", 5),
+        ("rollback", "live", 6),
+    ]
     assert [h["action"] for h in adapter_history(engine, "eu", "c0", 5)][-1] == "rollback"
     assert app.stats.refused == Counter()
     engine.dispose()
@@ -176,7 +219,14 @@ def test_outbox_left_by_a_crash_is_published_on_restart(
         raise RuntimeError("adapters topic unreachable")
 
     monkeypatch.setattr(adapter_topic, "publish_pending", broker_unreachable)
-    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(
+        settings.policy,
+        "eu",
+        settings.learner,
+        base=lambda: deployment_base(settings.home),
+        learner_factory=counting_factory(0.0),
+        group_id=group,
+    ) as app:
         produce_releases(boot, eu.t.aggregates, [release("eu", "c0", r) for r in range(3)])
         app.process_available(timeout_s=60)
         assert app.stats.learned == 3 and app.stats.publish_failures >= 3
@@ -185,7 +235,14 @@ def test_outbox_left_by_a_crash_is_published_on_restart(
     assert read_topic(boot, eu.t.adapters) == []
 
     monkeypatch.setattr(adapter_topic, "publish_pending", real_publish)
-    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.0), group_id=group) as app:
+    with LearnerApp(
+        settings.policy,
+        "eu",
+        settings.learner,
+        base=lambda: deployment_base(settings.home),
+        learner_factory=counting_factory(0.0),
+        group_id=group,
+    ) as app:
         assert pending_count(app.engine, "eu") == 0
         assert app.stats.published == pending
         app.process_available(timeout_s=30)
@@ -193,13 +250,26 @@ def test_outbox_left_by_a_crash_is_published_on_restart(
     assert len(read_topic(boot, eu.t.adapters)) == pending
 
 
-def test_sigterm_equivalent_stop_finishes_the_record_in_hand(settings: SottoSettings, group: str) -> None:
+def test_sigterm_equivalent_stop_finishes_the_record_in_hand(
+    settings: SottoSettings, group: str
+) -> None:
     """``stop()`` (what SIGTERM calls) lets ``run`` return after a durable record."""
     import threading
 
     eu = settings.policy.region("eu")
-    with LearnerApp(settings.policy, "eu", settings.learner, base=lambda: deployment_base(settings.home), learner_factory=counting_factory(0.2), group_id=group) as app:
-        produce_releases(settings.kafka_bootstrap or "", eu.t.aggregates, [release("eu", "c0", r) for r in range(30)])
+    with LearnerApp(
+        settings.policy,
+        "eu",
+        settings.learner,
+        base=lambda: deployment_base(settings.home),
+        learner_factory=counting_factory(0.2),
+        group_id=group,
+    ) as app:
+        produce_releases(
+            settings.kafka_bootstrap or "",
+            eu.t.aggregates,
+            [release("eu", "c0", r) for r in range(30)],
+        )
         timer = threading.Timer(3.0, app.stop)
         timer.start()
         stats = app.run(max_idle_s=30)

@@ -17,9 +17,19 @@ def _announce(epsilon: float = 1.0, delta: float = 1e-6, **noise_changes: float)
     rp = plan_round(rid, n=20, dim=64, clip=1.0, scale=256.0, epsilon=epsilon, delta=delta)
     noise = NoiseSpec.of(rp.noise).model_copy(update=noise_changes)
     return RoundOpen(
-        region="eu", cohort="c1", round=4, params=rp.params, layout="t", clip=1.0, scale=256.0,
-        noise=noise, epsilon=epsilon, delta=delta, participants=TOKENS, stage_timeout_s=5.0,
-    )  # fmt: skip
+        region="eu",
+        cohort="c1",
+        round=4,
+        params=rp.params,
+        layout="t",
+        clip=1.0,
+        scale=256.0,
+        noise=noise,
+        epsilon=epsilon,
+        delta=delta,
+        participants=TOKENS,
+        stage_timeout_s=5.0,
+    )
 
 
 def test_an_honest_round_passes_and_its_epsilon_is_recomputed() -> None:

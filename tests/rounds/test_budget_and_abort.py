@@ -36,11 +36,19 @@ DIM = 8
 def _report(settings: SottoSettings, *args: str) -> dict:
     sotto = shutil.which("sotto", path=str(Path(sys.executable).parent))
     cmd = [sotto] if sotto else [sys.executable, "-m", "deploy.cli"]
-    env = {**os.environ, "SOTTO_HOME": str(settings.home),
-           "SOTTO_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or ""}  # fmt: skip
+    env = {
+        **os.environ,
+        "SOTTO_HOME": str(settings.home),
+        "SOTTO_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+    }
     env.pop("SOTTO_CONFIG", None)
-    out = subprocess.run([*cmd, "privacy", "report", "--json", *args], env=env,
-                         capture_output=True, check=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [*cmd, "privacy", "report", "--json", *args],
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
     return json.loads(out.stdout)
 
 
@@ -69,8 +77,12 @@ def test_budget_refuses_before_announcing_and_report_matches_dp_accounting(
         tokens = [secrets.token_hex(16) for _ in range(16)]  # an explicit participant list
         second = svc.coordinator.open_round("cb", spec, participants=tokens, now=clock())
         assert second.status == "refused" and second.reason.startswith("budget_exceeded")
-        drive([svc], [fleet], clock=clock,
-              done=lambda: svc.coordinator.status(first.round_id) == "released")  # fmt: skip
+        drive(
+            [svc],
+            [fleet],
+            clock=clock,
+            done=lambda: svc.coordinator.status(first.round_id) == "released",
+        )
         fleet.checkin()
         drive([svc], [fleet], lambda: svc.app.stats.accepted >= 16 * 5 + 16 and svc.app.caught_up())
         third = svc.coordinator.open_round("cb", spec, now=clock())
@@ -79,14 +91,24 @@ def test_budget_refuses_before_announcing_and_report_matches_dp_accounting(
         # refused rounds were never announced: no device was contacted
         assert _announced(settings, "eu") == [first.round_id]
         with reading(svc.app.engine) as conn:
-            refused = list(conn.execute(
-                select(audit_log.c.round, audit_log.c.reason).where(
-                    audit_log.c.event == "round_refused")))  # fmt: skip
+            refused = list(
+                conn.execute(
+                    select(audit_log.c.round, audit_log.c.reason).where(
+                        audit_log.c.event == "round_refused"
+                    )
+                )
+            )
         assert [(r.round, r.reason) for r in refused] == [
-            (second.round, "budget_exceeded"), (third.round, "budget_exceeded")]  # fmt: skip
+            (second.round, "budget_exceeded"),
+            (third.round, "budget_exceeded"),
+        ]
         announce = RoundOpen.model_validate_json(
-            next(r.value for r in read_all(settings.kafka_bootstrap,
-                 settings.policy.region("eu").t.rounds) if b'"round_open"' in r.value))  # fmt: skip
+            next(
+                r.value
+                for r in read_all(settings.kafka_bootstrap, settings.policy.region("eu").t.rounds)
+                if b'"round_open"' in r.value
+            )
+        )
 
     report = _report(settings)
     assert [(c["region"], c["cohort"], c["rounds"]) for c in report["cohorts"]] == [("eu", "cb", 1)]
@@ -109,7 +131,13 @@ def test_round_below_threshold_aborts_and_releases_nothing(
     spec = RoundSpec(layout="t", dim=DIM, clip=1.0, scale=100.0, epsilon=1.0, delta=1e-6)
     drop = {"shares": set(ids[:7])}  # 5 of 12 share keys: below min_clients = 6
     with (
-        RoundService(settings.policy, "cn", settings.ingest, budget=Budget(epsilon=5, delta=1e-5), clock=clock) as svc,
+        RoundService(
+            settings.policy,
+            "cn",
+            settings.ingest,
+            budget=Budget(epsilon=5, delta=1e-5),
+            clock=clock,
+        ) as svc,
         DeviceFleet(
             settings.policy,
             "cn",
@@ -117,21 +145,27 @@ def test_round_below_threshold_aborts_and_releases_nothing(
             contribution(2, DIM),
             tmp_path,
             drop=drop,
-        ) as fleet,  # fmt: skip
+        ) as fleet,
     ):
         fleet.checkin()
         drive([svc], [fleet], lambda: svc.app.stats.accepted >= n and svc.app.caught_up())
         res = svc.coordinator.open_round("ca", spec, now=clock())
-        drive([svc], [fleet], clock=clock,
-              done=lambda: svc.coordinator.status(res.round_id) in ("released", "aborted"))  # fmt: skip
+        drive(
+            [svc],
+            [fleet],
+            clock=clock,
+            done=lambda: svc.coordinator.status(res.round_id) in ("released", "aborted"),
+        )
         assert svc.coordinator.status(res.round_id) == "aborted"
         with reading(svc.app.engine) as conn:
             assert list(conn.execute(select(round_releases))) == []
             aborts = list(conn.execute(select(audit_log).where(audit_log.c.event == "round_abort")))
         assert len(aborts) == 1 and json.loads(aborts[0].detail)["stage"] == "shares"
         # devices were told; nothing reached the aggregates topic; nothing was charged
-        closed = [parse_rounds_message(r.value) for r in read_all(
-            settings.kafka_bootstrap, settings.policy.region("cn").t.rounds)]  # fmt: skip
+        closed = [
+            parse_rounds_message(r.value)
+            for r in read_all(settings.kafka_bootstrap, settings.policy.region("cn").t.rounds)
+        ]
         assert [m.outcome for m in closed if m.type == "round_closed"] == ["aborted"]
     assert read_all(settings.kafka_bootstrap, settings.policy.region("cn").t.aggregates) == []
     assert _report(settings) == {"cohorts": []}

@@ -48,10 +48,23 @@ def _start(settings: SottoSettings, log: Path) -> subprocess.Popen[bytes]:
     env.pop("SOTTO_CONFIG", None)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "deploy", "ingest", "--coordinate", "--region", "eu",
-             "--budget-epsilon", str(BUDGET.epsilon), "--budget-delta", str(BUDGET.delta)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "deploy",
+                "ingest",
+                "--coordinate",
+                "--region",
+                "eu",
+                "--budget-epsilon",
+                str(BUDGET.epsilon),
+                "--budget-delta",
+                str(BUDGET.delta),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _status(engine, rid: str) -> str | None:  # type: ignore[no-untyped-def]
@@ -87,8 +100,9 @@ def test_sigkill_mid_round_restart_releases_exactly_once(
         _pump_until(fleet, checked_in, 60, proc)
         producer = KafkaProducer(bootstrap_servers=eu.bootstrap_servers, acks="all")
         coordinator = RoundCoordinator(engine, producer, eu, budget=BUDGET)
-        spec = RoundSpec(layout="t", dim=DIM, clip=2.0, scale=SCALE, epsilon=2.0, delta=1e-6,
-                         stage_timeout_s=120)  # fmt: skip
+        spec = RoundSpec(
+            layout="t", dim=DIM, clip=2.0, scale=SCALE, epsilon=2.0, delta=1e-6, stage_timeout_s=120
+        )
         res = coordinator.open_round("ck", spec)
         producer.close()
         assert res.status == "open"
@@ -123,8 +137,12 @@ def test_sigkill_mid_round_restart_releases_exactly_once(
     with reading(engine) as conn:
         assert len(list(conn.execute(select(round_releases)))) == 1
         events = json.loads(conn.execute(select(privacy_ledgers.c.events)).scalar())
-        stages = [json.loads(r.detail)["stage"] for r in conn.execute(
-            select(audit_log.c.detail).where(audit_log.c.event == "round_stage"))]  # fmt: skip
+        stages = [
+            json.loads(r.detail)["stage"]
+            for r in conn.execute(
+                select(audit_log.c.detail).where(audit_log.c.event == "round_stage")
+            )
+        ]
     assert [e["round_id"] for e in events] == [res.round_id]
     assert stages == ["advertise", "shares", "masked", "unmask"]
     assert verify_chain(engine, "eu") == (True, None)

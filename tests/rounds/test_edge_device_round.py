@@ -35,14 +35,24 @@ def test_edge_devices_contribute_their_summary(settings: SottoSettings, tmp_path
     plan = AdapterPlan(cohort="ce", live_version=3, shadow_version=4)
     seen_plans: list[AdapterPlan | None] = []
     vectors: list[np.ndarray] = []
-    with RoundService(settings.policy, "eu", settings.ingest, budget=Budget(epsilon=5, delta=1e-5), clock=clock) as svc:
+    with RoundService(
+        settings.policy, "eu", settings.ingest, budget=Budget(epsilon=5, delta=1e-5), clock=clock
+    ) as svc:
         devices = [
-            EdgeDevice(f"phone-{i}", "eu", "ce", settings.policy, tmp_path / f"p{i}") for i in range(n)
+            EdgeDevice(f"phone-{i}", "eu", "ce", settings.policy, tmp_path / f"p{i}")
+            for i in range(n)
         ]
         parts = []
         for dev, app in zip(devices, APPS, strict=True):
-            dev.record_step(AgentStep(action="Launch", app=app, outcome="accepted",
-                                      instruction=f"open {app}", timestamp=datetime.now(UTC)))  # fmt: skip
+            dev.record_step(
+                AgentStep(
+                    action="Launch",
+                    app=app,
+                    outcome="accepted",
+                    instruction=f"open {app}",
+                    timestamp=datetime.now(UTC),
+                )
+            )
             base = summary_contribution(dev)
 
             def contrib(announce: RoundOpen, base=base) -> np.ndarray:
@@ -50,8 +60,9 @@ def test_edge_devices_contribute_their_summary(settings: SottoSettings, tmp_path
                 vectors.append(base(announce))
                 return vectors[-1]
 
-            parts.append(RoundParticipant("eu", "ce", dev.round_transport(), contrib,
-                                          keep_inputs=True))  # fmt: skip
+            parts.append(
+                RoundParticipant("eu", "ce", dev.round_transport(), contrib, keep_inputs=True)
+            )
         consumer = KafkaConsumer(bootstrap_servers=eu.bootstrap_servers, group_id=None)
         tps = [TopicPartition(eu.t.rounds, p) for p in consumer.partitions_for_topic(eu.t.rounds)]
         consumer.assign(tps)
@@ -63,8 +74,14 @@ def test_edge_devices_contribute_their_summary(settings: SottoSettings, tmp_path
                 p.transport.flush()
             while not (svc.app.stats.accepted >= n and svc.app.caught_up()):
                 svc.step(50)
-            spec = RoundSpec(layout="summary.v1", dim=EMBEDDING_DIM, clip=clip, scale=scale,
-                             epsilon=2.0, delta=1e-6)  # fmt: skip
+            spec = RoundSpec(
+                layout="summary.v1",
+                dim=EMBEDDING_DIM,
+                clip=clip,
+                scale=scale,
+                epsilon=2.0,
+                delta=1e-6,
+            )
             res = svc.coordinator.open_round("ce", spec, adapter_plan=plan)
             while svc.coordinator.status(res.round_id) not in ("released", "aborted"):
                 for recs in consumer.poll(timeout_ms=50).values():

@@ -27,22 +27,27 @@ pytestmark = pytest.mark.kafka
 
 
 def _adv(rid: str, sender: int) -> AdvertiseKeys:
-    return AdvertiseKeys(round_id=rid, sender=sender, mask_pk=secrets.token_bytes(32),
-                         enc_pk=secrets.token_bytes(32))  # fmt: skip
+    return AdvertiseKeys(
+        round_id=rid, sender=sender, mask_pk=secrets.token_bytes(32), enc_pk=secrets.token_bytes(32)
+    )
 
 
 def test_bad_protocol_messages_are_dead_lettered(settings: SottoSettings, tmp_path: Path) -> None:
     eu = settings.policy.region("eu")
     key = keystore.load_keyset(eu.keyset_dir).current()
     spec = RoundSpec(layout="t", dim=4, clip=1.0, scale=100.0, epsilon=1.0, delta=1e-6)
-    with RoundService(settings.policy, "eu", settings.ingest, budget=Budget(epsilon=5, delta=1e-5),
-                      clock=StepClock()) as svc:  # fmt: skip
+    with RoundService(
+        settings.policy,
+        "eu",
+        settings.ingest,
+        budget=Budget(epsilon=5, delta=1e-5),
+        clock=StepClock(),
+    ) as svc:
         res = svc.coordinator.open_round(
             "cd", spec, participants=[secrets.token_hex(16) for _ in range(4)]
         )
         rid = res.round_id
-        masked = MaskedInput(round_id=rid, sender=1, bits=16, dim=4,
-                             data=bytes(4 * 4))  # fmt: skip
+        masked = MaskedInput(round_id=rid, sender=1, bits=16, dim=4, data=bytes(4 * 4))
         cases = [
             (_adv(rid, 0), "cd", 0, None),  # good
             (_adv(rid, 0), "cd", 0, "replay"),  # second advertisement of client 0

@@ -38,8 +38,9 @@ def _fleet(
     settings: SottoSettings, region: str, tmp: Path, drop: dict[str, set[str]]
 ) -> DeviceFleet:
     devices = {f"{region}-d{i:03d}": "c1" for i in range(N)}
-    return DeviceFleet(settings.policy, region, devices, contribution(7, DIM, 1.5), tmp / region,
-                       drop=drop)  # fmt: skip
+    return DeviceFleet(
+        settings.policy, region, devices, contribution(7, DIM, 1.5), tmp / region, drop=drop
+    )
 
 
 def _dp_epsilon(zs: list[float], delta: float) -> float:
@@ -67,8 +68,15 @@ def test_two_regions_release_dp_sums_with_dropouts(settings: SottoSettings, tmp_
         "eu": {"shares": set(ids["eu"][:6]), "unmask": set(ids["eu"][6:8])},
         "cn": {"shares": set(ids["cn"][:6]), "masked": set(ids["cn"][6:8])},
     }
-    spec = RoundSpec(layout="test.v1", dim=DIM, clip=CLIP, scale=SCALE, epsilon=1.0,
-                     delta=1e-6, stage_timeout_s=30)  # fmt: skip
+    spec = RoundSpec(
+        layout="test.v1",
+        dim=DIM,
+        clip=CLIP,
+        scale=SCALE,
+        epsilon=1.0,
+        delta=1e-6,
+        stage_timeout_s=30,
+    )
     with (
         RoundService(settings.policy, "eu", settings.ingest, budget=BUDGET, clock=clock) as eu,
         RoundService(settings.policy, "cn", settings.ingest, budget=BUDGET, clock=clock) as cn,
@@ -78,13 +86,22 @@ def test_two_regions_release_dp_sums_with_dropouts(settings: SottoSettings, tmp_
         services, fleets = {"eu": eu, "cn": cn}, {"eu": feu, "cn": fcn}
         for f in fleets.values():
             f.checkin()
-        drive([eu, cn], [feu, fcn], lambda: all(
-            s.app.stats.accepted >= N and s.app.caught_up() for s in services.values()))  # fmt: skip
+        drive(
+            [eu, cn],
+            [feu, fcn],
+            lambda: all(s.app.stats.accepted >= N and s.app.caught_up() for s in services.values()),
+        )
         opened = {r: s.coordinator.open_round("c1", spec, now=clock()) for r, s in services.items()}
         assert all(o.status == "open" and o.n == N for o in opened.values()), opened
-        took = drive([eu, cn], [feu, fcn], clock=clock, done=lambda: all(
-            s.coordinator.status(opened[r].round_id) in ("released", "aborted")
-            for r, s in services.items()))  # fmt: skip
+        took = drive(
+            [eu, cn],
+            [feu, fcn],
+            clock=clock,
+            done=lambda: all(
+                s.coordinator.status(opened[r].round_id) in ("released", "aborted")
+                for r, s in services.items()
+            ),
+        )
         print(f"two concurrent rounds (n={N}, d={DIM}) took {took:.2f}s")
 
         for region, svc in services.items():
@@ -104,8 +121,12 @@ def test_two_regions_release_dp_sums_with_dropouts(settings: SottoSettings, tmp_
             assert np.array_equal(agg.vector(), noisy)
             # and that is the clipped, quantized sum plus noise of the announced size
             announce = RoundOpen.model_validate_json(
-                next(r.value for r in read_all(settings.kafka_bootstrap, topics.rounds)
-                     if b'"round_open"' in r.value))  # fmt: skip
+                next(
+                    r.value
+                    for r in read_all(settings.kafka_bootstrap, topics.rounds)
+                    if b'"round_open"' in r.value
+                )
+            )
             s2 = announce.noise.client_variance
             assert agg.noise_stddev == pytest.approx(np.sqrt(len(kept) * s2) / SCALE)
             assert np.max(np.abs(agg.vector() - clean)) < 6 * agg.noise_stddev
@@ -142,7 +163,9 @@ def test_round_without_noise_is_exact_and_never_published(
     drop = {"masked": {"eu-x00"}, "unmask": {"eu-x01"}}
     spec = RoundSpec(layout="t", dim=DIM, clip=CLIP, scale=SCALE, epsilon=None, delta=None)
     with (
-        RoundService(settings.policy, "eu", settings.ingest, budget=BUDGET, clock=clock, allow_unnoised=True) as svc,
+        RoundService(
+            settings.policy, "eu", settings.ingest, budget=BUDGET, clock=clock, allow_unnoised=True
+        ) as svc,
         DeviceFleet(
             settings.policy,
             "eu",
@@ -151,13 +174,17 @@ def test_round_without_noise_is_exact_and_never_published(
             tmp_path,
             drop=drop,
             floor=PrivacyFloor(allow_unnoised=True),  # a test round without DP, by consent
-        ) as fleet,  # fmt: skip
+        ) as fleet,
     ):
         fleet.checkin()
         drive([svc], [fleet], lambda: svc.app.stats.accepted >= n and svc.app.caught_up())
         res = svc.coordinator.open_round("c2", spec, now=clock())
-        drive([svc], [fleet], clock=clock,
-              done=lambda: svc.coordinator.status(res.round_id) == "released")  # fmt: skip
+        drive(
+            [svc],
+            [fleet],
+            clock=clock,
+            done=lambda: svc.coordinator.status(res.round_id) == "released",
+        )
         kept = {d: k for d, k in fleet.kept(res.round_id).items() if d != "eu-x00"}
         assert all(not k.noise.any() for k in kept.values())
         expected = np.asarray(sum(k.quantized for k in kept.values())) / SCALE

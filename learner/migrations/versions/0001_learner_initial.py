@@ -123,7 +123,12 @@ def downgrade() -> None:
     op.drop_index("ix_adapter_outbox_pending", "adapter_outbox")
     op.drop_index("ix_adapter_events_version", "adapter_events")
     for name in (
-        "adapter_outbox", "learner_offsets", "learner_refusals", "learner_releases",
-        "learner_state", "adapter_events", "adapter_versions",
-    ):  # fmt: skip
+        "adapter_outbox",
+        "learner_offsets",
+        "learner_refusals",
+        "learner_releases",
+        "learner_state",
+        "adapter_events",
+        "adapter_versions",
+    ):
         op.drop_table(name)
