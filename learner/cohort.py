@@ -5,14 +5,15 @@ Per released round (:meth:`CohortLearner.learn_one`), in this order:
 1. ignore the release if its round was already applied (idempotent under redelivery);
 2. decode it with its :class:`~privacy.contribution.ContributionLayout` and push the stats
    block into the sliding :class:`~learner.window.StatsWindow`; when the newest rounds differ
-   from the older ones beyond noise (:meth:`~learner.window.StatsWindow.change_point`: the
-   cohort's habits changed), forget the rounds before the change;
+   from the older ones beyond the DP and sampling noise
+   (:meth:`~learner.window.StatsWindow.change_point`: the cohort's habits changed), the
+   changed columns of the stats block forget the rounds before the change;
 3. read the evaluation blocks *under the plan that was in force for that round*: the shadow
    block feeds the candidate's gate (shadow -> canary), the rollout block feeds either the
    canary gate (canary -> live) or, with no canary running, the
    :class:`~learner.rollout.RegressionMonitor` (live vs previous -> rollback);
-4. after a detected change, withdraw a shadow candidate fitted only on rounds before it (it
-   learned the old habits; a canary, already judged on current rounds, runs to its end);
+4. after a detected change, withdraw the candidate in flight if it was fitted only on rounds
+   before the change (it learned the old habit);
 5. with no candidate in flight, fit a new one from the window (:func:`learner.fit.fit_adapter`,
    warm-started from live) and ship it to shadow.
 
@@ -217,9 +218,10 @@ class CohortLearner:
                 lay.block_noise_stddev(sd, "stats") ** 2,
             )
         )
-        changed = self._window.change_point(self._gram)
-        if changed is not None:
-            self._window.reset(keep_last=changed)
+        change = self._window.change_point(self._gram)
+        if change is not None:  # the habit changed: those columns forget the older rounds
+            after = sum(1 for r in self._window.rounds if r >= change.round)
+            self._window.reset(keep_last=after, columns=change.columns)
         in_force = self.plan()  # the state has not changed since that round was announced
         actions: list[AdapterAction] = []
         rollout_var = lay.block_noise_stddev(sd, "rollout") ** 2
@@ -234,13 +236,18 @@ class CohortLearner:
             self._monitor.update(s1, s2, n, rollout_var)
             if self._monitor.drift_detected:
                 actions += self._rollback(release.round)
-        shadow = in_force.shadow_version
-        if changed is not None and shadow is not None and self._candidate == shadow:
-            cand = self._versions[shadow]
-            if not set(cand.rounds) & set(self._window.rounds):  # fitted on the old habits
-                act = self._move(cand, Event.SUPERSEDED, reason="habits changed: refit")
-                self._drop(cand.version)
-                actions.append(act)
+        # A candidate fitted only on rounds before a habit change learned the old habit: it
+        # makes way for one fitted on the new rounds (a canary's devices go back to live).
+        if change is not None and self._candidate is not None:
+            cand = self._versions[self._candidate]
+            if max(cand.rounds, default=-1) < change.round:
+                actions += self._withdraw(
+                    cand,
+                    Event.SUPERSEDED,
+                    metrics={"change_p_value": change.p_value},
+                    reason=f"habits changed at round {change.round} "
+                    f"(stats columns {list(change.columns)}): refit",
+                )
         # The shadow gate runs after the monitor: a rollback withdraws the shadow candidate
         # (it was judged against the adapter being withdrawn) before it could be promoted.
         if in_force.shadow_version is not None and self._candidate == in_force.shadow_version:
@@ -330,20 +337,29 @@ class CohortLearner:
             return actions
         if decision == "fail" or self._evidence.rounds >= c.max_canary_rounds:
             event = Event.CANARY_FAIL if decision == "fail" else Event.CANARY_TIMEOUT
-            reject = self._move(cand, event, metrics=metrics, reason=f"canary {decision}")
-            live = self._versions[self._live]
-            back = self._action(  # canary devices return to live; others ignore it
-                "rollback",
-                live,
-                live.status,
-                parent=cand.version,
-                rollout_fraction=1.0,
-                reason=f"canary {cand.version} withdrawn",
-                weights=True,
-            )
-            self._drop(cand.version)
-            return [reject, back]
+            return self._withdraw(cand, event, metrics=metrics, reason=f"canary {decision}")
         return []
+
+    def _withdraw(
+        self, cand: _Version, event: Event, *, metrics: dict[str, float] | None, reason: str
+    ) -> list[AdapterAction]:
+        """Reject the candidate in flight; canary devices go back to the live adapter."""
+        actions = [self._move(cand, event, metrics=metrics, reason=reason)]
+        if cand.status == S.CANARY:
+            live = self._versions[self._live]
+            actions.append(
+                self._action(  # canary devices return to live; others ignore it
+                    "rollback",
+                    live,
+                    live.status,
+                    parent=cand.version,
+                    rollout_fraction=1.0,
+                    reason=f"canary {cand.version} withdrawn",
+                    weights=True,
+                )
+            )
+        self._drop(cand.version)
+        return actions
 
     def _rollback(self, round_: int) -> list[AdapterAction]:
         assert self._previous is not None
