@@ -1,5 +1,7 @@
 """`python -m deploy` is the `sotto` command."""
 
-from deploy.cli import app
+import sys
 
-app(prog_name="sotto")
+from deploy.cli import main
+
+sys.exit(main())

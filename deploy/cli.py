@@ -1,21 +1,82 @@
 """The `sotto` command line. Commands import their implementation lazily so that
-`sotto kafka status` does not pay for importing torch."""
+`sotto kafka status` does not pay for importing torch.
+
+:func:`main` is the entry point (`sotto`, `python -m deploy`): it turns Sotto's errors into one
+line on stderr and an :class:`ExitCode`, never a traceback (unless `--debug`/`SOTTO_DEBUG=1`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
+from collections.abc import Sequence
+from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
-from privacy.errors import SottoError
+from privacy.errors import ConfigError, SottoError
+
+
+class ExitCode(IntEnum):
+    """What `sotto` exits with; README.md ("The command line") documents the table."""
+
+    OK = 0
+    CHECK_FAILED = 1  # the command ran and found a problem: an audit check failed, no broker
+    USAGE = 2  # bad command line: unknown option, missing or invalid value (click's own code)
+    CONFIG = 3  # the configuration, region policy or key set is missing or invalid
+    SERVICE_FAILURE = 4  # the operation itself failed (Kafka, a database, an unexpected error)
+    INTERRUPTED = 130  # SIGINT / Ctrl-C (128 + 2, as shells report it)
+
+
+# click's ClickException, whichever click typer uses (recent typers vendor it as typer._click)
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+DEBUG_ENV = "SOTTO_DEBUG"
+_debug = False  # set by the root `--debug` option
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sotto")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"sotto {_version()}")
+        raise typer.Exit(ExitCode.OK)
+
 
 app = typer.Typer(
-    help="Sotto: privacy-preserving personalization for phone agents.", no_args_is_help=True
+    help="Sotto: privacy-preserving personalization for phone agents.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold key bytes
 )
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help=f"show tracebacks on errors (or {DEBUG_ENV}=1)")
+    ] = False,
+) -> None:
+    """Sotto: privacy-preserving personalization for phone agents."""
+    global _debug
+    _debug = debug
+
+
 kafka_app = typer.Typer(help="Run a local Apache Kafka (KRaft) broker.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage a region's HPKE key set.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
@@ -29,14 +90,40 @@ console = Console(stderr=True)
 
 
 def _settings():
+    from pydantic import ValidationError
+
     from deploy.settings import SottoSettings
 
-    return SottoSettings()
+    try:
+        return SottoSettings()
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(exc)) from exc
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(2)
+def _validation_message(exc) -> str:  # pydantic.ValidationError
+    """Where each error is and what is wrong, without the offending input (it may be a secret)."""
+    errors = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+    )
+    return f"invalid {exc.title}: {errors}"
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _error(message: str) -> None:
+    """One plain line on stderr (not rich: it would wrap long lines and read [brackets])."""
+    print(f"sotto: error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _fail(exc: Exception, code: ExitCode) -> NoReturn:
+    _error(str(exc))
+    raise typer.Exit(code)
+
+
+def _print_json(doc: object) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True))
 
 
 @app.command()
@@ -45,50 +132,74 @@ def init(
     regions: Annotated[str, typer.Option(help="comma-separated region names")] = "eu,cn",
     bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
     overwrite: bool = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Create a region policy and one HPKE key set per region."""
+    from backend import keystore
     from deploy.bootstrap import init_deployment
+    from privacy.policy import RegionPolicy
 
     s = _settings()
     boot = bootstrap or s.kafka_bootstrap or f"127.0.0.1:{s.kafka.port}"
+    target = Path(home or s.home).resolve() / "regions.toml"
+    created = overwrite or not target.exists()
     path = init_deployment(
         home or s.home, tuple(r.strip() for r in regions.split(",")), boot, overwrite=overwrite
     )
-    console.print(f"region policy: {path}")
+    if not as_json:
+        console.print(f"region policy: {path}")
+        return
+    policy = RegionPolicy.from_toml(path.read_text())
+    _print_json({
+        "policy": str(path), "created": created,
+        "regions": {name: {"keyset_dir": str(r.keyset_dir),
+                           "current_key": keystore.load_keyset(r.keyset_dir).current().key_id}
+                    for name, r in policy.regions.items()},
+    })  # fmt: skip
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 
 
 @keys_app.command("rotate")
-def keys_rotate(region: Annotated[str, typer.Option()]) -> None:
+def keys_rotate(region: Annotated[str, typer.Option()], as_json: JsonFlag = False) -> None:
     """New current key; the previous one keeps decrypting until retired."""
     from backend import keystore
 
-    try:
-        ks = keystore.rotate(_settings().policy.region(region).keyset_dir, region)
-    except SottoError as exc:
-        _fail(exc)
-    console.print(f"current key of {region}: {ks.current().key_id}")
+    ks = keystore.rotate(_settings().policy.region(region).keyset_dir, region)
+    if as_json:
+        _print_json({"region": region, "current_key": ks.current().key_id})
+    else:
+        console.print(f"current key of {region}: {ks.current().key_id}")
 
 
 @keys_app.command("retire")
 def keys_retire(
-    region: Annotated[str, typer.Option()], key_id: Annotated[str, typer.Option()]
+    region: Annotated[str, typer.Option()],
+    key_id: Annotated[str, typer.Option()],
+    as_json: JsonFlag = False,
 ) -> None:
     """Stop accepting envelopes sealed to KEY_ID and delete its private key."""
     from backend import keystore
 
-    try:
-        keystore.retire(_settings().policy.region(region).keyset_dir, key_id)
-    except SottoError as exc:
-        _fail(exc)
-    console.print(f"retired {key_id}")
+    keystore.retire(_settings().policy.region(region).keyset_dir, key_id)
+    if as_json:
+        _print_json({"region": region, "retired": key_id})
+    else:
+        console.print(f"retired {key_id}")
 
 
 @keys_app.command("list")
-def keys_list(region: Annotated[str, typer.Option()]) -> None:
+def keys_list(region: Annotated[str, typer.Option()], as_json: JsonFlag = False) -> None:
     """Show key ids and their status (never key material beyond the public key)."""
     from backend import keystore
 
     ks = keystore.load_keyset(_settings().policy.region(region).keyset_dir)
+    if as_json:
+        keys = [{"key_id": k.key_id, "status": k.status.value,
+                 "created_at": k.created_at.isoformat()} for k in ks.keys]  # fmt: skip
+        _print_json({"region": region, "keys": keys})
+        return
     for k in ks.keys:
         print(f"{k.key_id}\t{k.status.value}\t{k.created_at.isoformat()}")
 
@@ -107,12 +218,9 @@ def _broker(port: int | None, data_dir: Path | None):
 @kafka_app.command("fetch")
 def kafka_fetch() -> None:
     """Download Apache Kafka's jars from Maven Central (deploy/kafka/pom.xml)."""
-    from deploy.kafka_local import KafkaError, fetch
+    from deploy.kafka_local import fetch
 
-    try:
-        console.print(f"Kafka classpath: {fetch(_settings().kafka.lib_dir)}")
-    except KafkaError as exc:
-        _fail(exc)
+    console.print(f"Kafka classpath: {fetch(_settings().kafka.lib_dir)}")
 
 
 @kafka_app.command("up")
@@ -121,15 +229,10 @@ def kafka_up(
     data_dir: Annotated[Path | None, typer.Option(help="KRaft storage and logs")] = None,
 ) -> None:
     """Format KRaft storage if new, start a broker+controller, wait until it serves."""
-    from deploy.kafka_local import KafkaError
-
     s = _settings()
     broker = _broker(port or s.kafka.port, data_dir)
-    try:
-        with console.status(f"starting Kafka on {broker.bootstrap}"):
-            broker.start(timeout_s=s.kafka.start_timeout_s)
-    except KafkaError as exc:
-        _fail(exc)
+    with console.status(f"starting Kafka on {broker.bootstrap}"):
+        broker.start(timeout_s=s.kafka.start_timeout_s)
     console.print(f"[green]Kafka up[/green] at {broker.bootstrap} (data: {broker.data_dir})")
     print(broker.bootstrap)
 
@@ -139,10 +242,10 @@ def kafka_status(
     data_dir: Annotated[Path | None, typer.Option()] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Is the local broker running? Exit code 1 when it is not."""
+    """Is the local broker running? Exit code 1 (CHECK_FAILED) when it is not."""
     st = _broker(None, data_dir).status()
     _emit(st, as_json)
-    raise typer.Exit(0 if st["running"] else 1)
+    raise typer.Exit(ExitCode.OK if st["running"] else ExitCode.CHECK_FAILED)
 
 
 @kafka_app.command("down")
@@ -241,7 +344,7 @@ def demo(
         rounds=rounds, devices=devices, cohorts=cohorts,
         regions=tuple(r.strip() for r in regions.split(",")), out_dir=out, bootstrap=bootstrap,
     )  # fmt: skip
-    raise typer.Exit(0 if report["status"] == "complete" else 130)
+    raise typer.Exit(ExitCode.OK if report["status"] == "complete" else ExitCode.INTERRUPTED)
 
 
 @app.command()
@@ -258,7 +361,7 @@ def audit(
 ) -> None:
     """Verify a region's audit chain, routing, storage, learning, budget and adapters.
 
-    Exit code 1 when any check fails; the report file is written either way."""
+    Exit code 1 (CHECK_FAILED) when any check fails; the report file is written either way."""
     from datetime import datetime
 
     from rich.table import Table
@@ -267,9 +370,9 @@ def audit(
 
     try:
         when = datetime.fromisoformat(since) if since else None
-        report = audit_region(_settings(), region, since=when, expect_head=expect_head)
-    except (SottoError, ValueError) as exc:
-        _fail(exc)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+    report = audit_region(_settings(), region, since=when, expect_head=expect_head)
     path = write_report(report, out or Path(f"sotto-audit-{region}.json"))
     if as_json:
         print(report.model_dump_json(indent=2))
@@ -299,12 +402,12 @@ def audit(
                         f"adapter {a['cohort']} v{a['version']} ({a['status']}, parent {a['parent']}) sha256 {str(a['artifact_sha256'])[:12]} signature {'valid' if a['signature_valid'] else a['signature_valid']}"
                     )
         out_console.print(f"report written to {path}; overall: {'PASS' if report.ok else 'FAIL'}")
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(ExitCode.OK if report.ok else ExitCode.CHECK_FAILED)
 
 
 def _emit(result: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        _print_json(result)
     else:
         for k, v in result.items():
             print(f"{k}: {v}")
@@ -326,8 +429,8 @@ def bench_secagg(
 
     try:
         result = run_secagg_bench(n=n, d=d, dropout=dropout, drop_stage=drop_stage, flower=flower)
-    except (SottoError, ValueError) as exc:
-        _fail(exc)
+    except ValueError as exc:  # a parameter out of range
+        raise typer.BadParameter(str(exc)) from None
     _emit(result, as_json)
 
 
@@ -350,8 +453,10 @@ def bench_ingest(
     configure_logging("WARNING")  # stdout carries only the result
     try:
         result = run_ingest_bench(bootstrap, n=n, profile=profile)
-    except (SottoError, ValueError, RuntimeError) as exc:
-        _fail(exc)
+    except ValueError as exc:  # a parameter out of range
+        raise typer.BadParameter(str(exc)) from None
+    except RuntimeError as exc:  # the pipeline or the raw consumer fell short
+        _fail(exc, ExitCode.SERVICE_FAILURE)
     _emit(result, as_json)
 
 
@@ -363,12 +468,9 @@ def privacy_report(
     """Epsilon spent and left per cohort, from each region's ledger (read-only)."""
     from ingestion.ledger_store import report_policy
 
-    try:
-        rows = [r.as_dict() for r in report_policy(_settings().policy, region)]
-    except SottoError as exc:
-        _fail(exc)
+    rows = [r.as_dict() for r in report_policy(_settings().policy, region)]
     if as_json:
-        print(json.dumps({"cohorts": rows}, indent=2, sort_keys=True))
+        _print_json({"cohorts": rows})
         return
     print("region\tcohort\trounds\tepsilon_spent\tepsilon_left\tbudget_epsilon\tbudget_delta")
     for r in rows:
@@ -429,16 +531,13 @@ def config_show(
     stderr, because the settings ignore them and a typo would silently keep a default."""
     from deploy import settings as st
 
-    try:
-        s, sources, path = _settings(), st.value_sources(), st.config_file()
-    except SottoError as exc:
-        _fail(exc)
+    s, sources, path = _settings(), st.value_sources(), st.config_file()
     for key in st.unknown_keys():
         console.print(f"[yellow]warning:[/yellow] not a setting, ignored: {key}")
     if as_json:
         doc = {"config_file": str(path) if path else None,
                "settings": s.model_dump(mode="json"), "sources": sources}  # fmt: skip
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        _print_json(doc)
         return
     print(f"# config file: {path or '(none)'}; sources: default, file, env")
     print(st.render_toml(s, sources), end="")
@@ -459,14 +558,53 @@ def config_doc(
         return
     try:
         update.write_text(st.replace_generated(update.read_text(), table))
-    except (SottoError, OSError) as exc:
-        _fail(exc)
+    except (SottoError, OSError) as exc:  # the file named by --update is not a usable page
+        raise typer.BadParameter(str(exc), param_hint="--update") from None
     console.print(f"updated {update}")
 
 
-def main() -> None:  # pragma: no cover - console entry point shim
+def _debugging() -> bool:
+    return _debug or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def _report(exc: BaseException, message: str, code: ExitCode) -> ExitCode:
+    if _debugging():
+        traceback.print_exception(exc, file=sys.stderr)
+    _error(message)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `sotto` with ``argv`` (default: the process arguments); returns the exit code.
+
+    Only messages are printed, never an exception's repr or locals (they may carry key bytes)."""
+    global _debug
+    _debug = False
     try:
-        app()
+        rv = app(args=argv, prog_name="sotto", standalone_mode=False)
+    except typer.Abort:  # EOF at a prompt
+        print("sotto: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except _ClickException as exc:  # usage errors, bad parameter values
+        exc.show()
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        print("sotto: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except ConfigError as exc:
+        return _report(exc, str(exc), ExitCode.CONFIG)
     except SottoError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        sys.exit(2)
+        return _report(exc, str(exc), ExitCode.SERVICE_FAILURE)
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):  # a policy or key set file that does not parse
+            return _report(exc, _validation_message(exc), ExitCode.CONFIG)
+        hint = "" if _debugging() else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
+        detail = _one_line(str(exc))
+        message = f"unexpected {type(exc).__name__}{': ' + detail if detail else ''}{hint}"
+        return _report(exc, message, ExitCode.SERVICE_FAILURE)
+    code = rv if isinstance(rv, int) else ExitCode.OK  # typer.Exit(code) comes back as rv
+    if code == ExitCode.INTERRUPTED:
+        print("sotto: interrupted", file=sys.stderr)
+    return int(code)

@@ -35,7 +35,7 @@ DIM = 8
 
 def _report(settings: SottoSettings, *args: str) -> dict:
     sotto = shutil.which("sotto", path=str(Path(sys.executable).parent))
-    cmd = [sotto] if sotto else [sys.executable, "-m", "deploy.cli"]
+    cmd = [sotto] if sotto else [sys.executable, "-m", "deploy"]
     env = {
         **os.environ,
         "SOTTO_HOME": str(settings.home),
