@@ -99,8 +99,9 @@ class RegionLoop:
         self.weights: dict[str, dict[int, LoRAWeights]] = {c: {} for c in self.cohorts}
         self.current_round = 0
         self.svc = RoundService(
-            self.settings,
+            self.settings.policy,
             self.region,
+            self.settings.ingest,
             budget=Budget(epsilon=self.config.budget_epsilon, delta=self.config.budget_delta),
         )
         self.learner = LearnerApp(
