@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from privacy.errors import RemoteProtocolError
+from privacy.errors import ProtocolReason, RemoteProtocolError
 from privacy.rand import SeededRandomness
 from privacy.round_wire import RoundOpen
 from privacy.secagg import SecAggServer
@@ -95,7 +95,9 @@ class LiveRound:
         try:
             msg = MODELS[mtype].model_validate_json(body)
             if msg.sender != sender:  # type: ignore[attr-defined]
-                raise RemoteProtocolError("bad_sender", "stored sender does not match payload")
+                raise RemoteProtocolError(
+                    ProtocolReason.BAD_SENDER, "stored sender does not match payload"
+                )
             self.server.receive(msg)  # type: ignore[arg-type]
         except RemoteProtocolError as exc:
             self.rejected[sender] = exc.reason

@@ -7,6 +7,36 @@ remote errors into dead letters, local errors are bugs or misconfiguration.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class ProtocolReason(StrEnum):
+    """Why a peer's protocol message (or a round announcement) was refused. Stable strings."""
+
+    ABORTED = "aborted"
+    BAD_FORWARD = "bad_forward"
+    BAD_INPUT = "bad_input"
+    BAD_NEIGHBOURS = "bad_neighbours"
+    BAD_SENDER = "bad_sender"
+    BAD_SHARES = "bad_shares"
+    BAD_UNMASK = "bad_unmask"
+    BOTH_SETS = "both_sets"
+    BUDGET_TOO_HIGH = "budget_too_high"
+    EPSILON_UNDERSTATED = "epsilon_understated"
+    MISROUTED = "misrouted"
+    NO_DP_NOISE = "no_dp_noise"
+    NOISE_OVERCLAIMED = "noise_overclaimed"
+    NOT_IN_ROUND = "not_in_round"
+    NOT_SURVIVOR = "not_survivor"
+    OUT_OF_ORDER = "out_of_order"
+    REPLAY = "replay"
+    ROUND_TOO_SMALL = "round_too_small"
+    SHARE_AUTH_FAILED = "share_auth_failed"
+    TOO_FEW_SURVIVORS = "too_few_survivors"
+    UNEXPECTED = "unexpected"
+    UNKNOWN_CLIENT = "unknown_client"
+    WRONG_ROUND = "wrong_round"
+
 
 class SottoError(Exception):
     """Root of every error Sotto raises on purpose."""
@@ -25,9 +55,13 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """A peer sent something invalid. ``reason`` is a machine-readable code."""
+    """A peer sent something invalid. ``reason`` is a machine-readable code: a member of a
+    reason enum (:class:`ProtocolReason`, ``privacy.wire.RejectReason``, ...); a plain string
+    must be one of :class:`ProtocolReason`'s values."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: StrEnum | str, detail: str = "") -> None:
+        if not isinstance(reason, StrEnum):
+            reason = ProtocolReason(reason)  # ValueError for an undeclared reason
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail

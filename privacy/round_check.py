@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from privacy import accountant, dp, quantize
-from privacy.errors import RemoteProtocolError
+from privacy.errors import ProtocolReason, RemoteProtocolError
 from privacy.round_wire import RoundOpen
 
 
@@ -41,31 +41,33 @@ def check_round(announce: RoundOpen, floor: PrivacyFloor | None = None) -> float
     p = announce.params
     if p.n < floor.min_participants:
         raise RemoteProtocolError(
-            "round_too_small", f"{p.n} participants < {floor.min_participants}"
+            ProtocolReason.ROUND_TOO_SMALL, f"{p.n} participants < {floor.min_participants}"
         )
     noise = announce.noise
     if noise.client_variance <= 0 or announce.epsilon <= 0:
         if floor.allow_unnoised:
             return 0.0
-        raise RemoteProtocolError("no_dp_noise", "the round adds no DP noise")
+        raise RemoteProtocolError(ProtocolReason.NO_DP_NOISE, "the round adds no DP noise")
     if announce.epsilon > floor.max_epsilon or announce.delta > floor.max_delta:
         raise RemoteProtocolError(
-            "budget_too_high",
+            ProtocolReason.BUDGET_TOO_HIGH,
             f"round asks ε={announce.epsilon:.3g}, δ={announce.delta:.3g}; device allows "
             f"ε≤{floor.max_epsilon:.3g}, δ≤{floor.max_delta:.3g}",
         )
     if noise.min_clients > p.n:
-        raise RemoteProtocolError("noise_overclaimed", f"min_clients {noise.min_clients} > n {p.n}")
+        raise RemoteProtocolError(
+            ProtocolReason.NOISE_OVERCLAIMED, f"min_clients {noise.min_clients} > n {p.n}"
+        )
     quant = quantize.QuantConfig(dim=p.dim, clip=announce.clip, scale=announce.scale, bits=p.bits)
     z = dp.effective_multiplier(
         quant.l2_sensitivity, noise.client_variance, noise.min_clients, p.dim
     )
     if z <= 0:
-        raise RemoteProtocolError("no_dp_noise", "recomputed noise multiplier is 0")
+        raise RemoteProtocolError(ProtocolReason.NO_DP_NOISE, "recomputed noise multiplier is 0")
     true_eps = accountant.epsilon([z], announce.delta)
     if true_eps > announce.epsilon * (1 + floor.rel_tolerance) + 1e-9:
         raise RemoteProtocolError(
-            "epsilon_understated",
+            ProtocolReason.EPSILON_UNDERSTATED,
             f"announced ε={announce.epsilon:.4g} but the announced noise gives ε={true_eps:.4g}",
         )
     return true_eps

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from privacy import prg, shamir
-from privacy.errors import LocalProtocolError, RemoteProtocolError
+from privacy.errors import LocalProtocolError, ProtocolReason, RemoteProtocolError
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
 from privacy.secagg import crypto
 from privacy.secagg.messages import (
@@ -92,13 +92,15 @@ class SecAggClient:
         """Handle one server message and return the reply to send."""
         if msg.round_id != self.params.round_id:
             raise RemoteProtocolError(
-                "wrong_round", f"{self._who()}: message for round {msg.round_id!r}"
+                ProtocolReason.WRONG_ROUND, f"{self._who()}: message for round {msg.round_id!r}"
             )
         if msg.to != self.cid:
-            raise RemoteProtocolError("misrouted", f"{self._who()}: message addressed to {msg.to}")
+            raise RemoteProtocolError(
+                ProtocolReason.MISROUTED, f"{self._who()}: message addressed to {msg.to}"
+            )
         if self._state == ClientState.ABORTED:
             raise RemoteProtocolError(
-                "aborted", f"{self._who()}: round aborted, refusing {msg.type}"
+                ProtocolReason.ABORTED, f"{self._who()}: round aborted, refusing {msg.type}"
             )
         target = next_state(Role.CLIENT, self._state, msg.type, self._who())
         try:
@@ -109,7 +111,9 @@ class SecAggClient:
             elif isinstance(msg, UnmaskRequest):
                 reply = self._on_unmask(msg)
             else:  # pragma: no cover - the table already refused it
-                raise RemoteProtocolError("unexpected", f"{self._who()}: {type(msg).__name__}")
+                raise RemoteProtocolError(
+                    ProtocolReason.UNEXPECTED, f"{self._who()}: {type(msg).__name__}"
+                )
         except RemoteProtocolError:
             self._abort()
             raise
@@ -127,15 +131,20 @@ class SecAggClient:
         p = self.params
         ids = [nb.cid for nb in msg.neighbours]
         if len(set(ids)) != len(ids) or self.cid in ids or any(i >= p.n for i in ids):
-            raise RemoteProtocolError("bad_neighbours", f"{self._who()}: invalid neighbour list")
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_NEIGHBOURS, f"{self._who()}: invalid neighbour list"
+            )
         if not p.t <= len(ids) <= p.k:
             raise RemoteProtocolError(
-                "bad_neighbours", f"{self._who()}: {len(ids)} neighbours, need {p.t}..{p.k}"
+                ProtocolReason.BAD_NEIGHBOURS,
+                f"{self._who()}: {len(ids)} neighbours, need {p.t}..{p.k}",
             )
         keys = [nb.mask_pk for nb in msg.neighbours] + [nb.enc_pk for nb in msg.neighbours]
         keys += [self._mask_pk, self._enc_pk]
         if len(set(keys)) != len(keys):
-            raise RemoteProtocolError("bad_neighbours", f"{self._who()}: repeated public keys")
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_NEIGHBOURS, f"{self._who()}: repeated public keys"
+            )
         self._neighbours = {nb.cid: (nb.mask_pk, nb.enc_pk) for nb in msg.neighbours}
         self._seed = self._rng.token_bytes(32)
         xs = [i + 1 for i in ids]
@@ -156,7 +165,8 @@ class SecAggClient:
         senders = [s.peer for s in msg.shares]
         if len(set(senders)) != len(senders) or not set(senders) <= self._neighbours.keys():
             raise RemoteProtocolError(
-                "bad_forward", f"{self._who()}: shares from non-neighbours or repeated senders"
+                ProtocolReason.BAD_FORWARD,
+                f"{self._who()}: shares from non-neighbours or repeated senders",
             )
         held: dict[int, tuple[bytes, bytes]] = {}
         for s in msg.shares:
@@ -166,7 +176,7 @@ class SecAggClient:
             opened = crypto.open_shares(aead, s.nonce, s.ct, p.round_id, s.peer, self.cid)
             if opened is None:
                 raise RemoteProtocolError(
-                    "share_auth_failed",
+                    ProtocolReason.SHARE_AUTH_FAILED,
                     f"{self._who()}: sealed share from client {s.peer} is not authentic",
                 )
             held[s.peer] = opened
@@ -189,14 +199,16 @@ class SecAggClient:
         survivors, dropped = set(msg.survivors), set(msg.dropped)
         if survivors & dropped:
             raise RemoteProtocolError(
-                "both_sets",
+                ProtocolReason.BOTH_SETS,
                 f"{self._who()}: clients {sorted(survivors & dropped)[:5]} listed as both survivor and dropped",
             )
         if self.cid not in survivors:
-            raise RemoteProtocolError("not_survivor", f"{self._who()}: not listed as a survivor")
+            raise RemoteProtocolError(
+                ProtocolReason.NOT_SURVIVOR, f"{self._who()}: not listed as a survivor"
+            )
         if len(survivors) < p.min_clients:
             raise RemoteProtocolError(
-                "too_few_survivors",
+                ProtocolReason.TOO_FEW_SURVIVORS,
                 f"{self._who()}: {len(survivors)} survivors < min {p.min_clients}",
             )
         seed_out, key_out = [], []

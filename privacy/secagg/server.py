@@ -26,7 +26,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from privacy import prg, shamir
-from privacy.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from privacy.errors import LocalProtocolError, ProtocolError, ProtocolReason, RemoteProtocolError
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
 from privacy.secagg import crypto
 from privacy.secagg.graph import neighbour_graph
@@ -112,10 +112,12 @@ class SecAggServer:
         sender = getattr(msg, "sender", None)
         who = f"client {sender} (round {self.params.round_id}, server state {self._state})"
         if msg.round_id != self.params.round_id:
-            raise RemoteProtocolError("wrong_round", f"{who}: message for round {msg.round_id!r}")
+            raise RemoteProtocolError(
+                ProtocolReason.WRONG_ROUND, f"{who}: message for round {msg.round_id!r}"
+            )
         if sender is None or not 0 <= sender < self.params.n:
             raise RemoteProtocolError(
-                "unknown_client", f"{who}: sender outside 0..{self.params.n - 1}"
+                ProtocolReason.UNKNOWN_CLIENT, f"{who}: sender outside 0..{self.params.n - 1}"
             )
         next_state(Role.SERVER, self._state, msg.type, who)  # out-of-order check
         if isinstance(msg, AdvertiseKeys):
@@ -129,56 +131,64 @@ class SecAggServer:
 
     def _on_advertise(self, msg: AdvertiseKeys, who: str) -> None:
         if msg.sender in self._keys:
-            raise RemoteProtocolError("replay", f"{who}: keys already advertised")
+            raise RemoteProtocolError(ProtocolReason.REPLAY, f"{who}: keys already advertised")
         self._keys[msg.sender] = (msg.mask_pk, msg.enc_pk)
 
     def _on_shares(self, msg: EncryptedShares, who: str) -> None:
         if msg.sender not in self._graph:
-            raise RemoteProtocolError("not_in_round", f"{who}: did not advertise keys")
+            raise RemoteProtocolError(ProtocolReason.NOT_IN_ROUND, f"{who}: did not advertise keys")
         if msg.sender in self._shares:
-            raise RemoteProtocolError("replay", f"{who}: shares already received")
+            raise RemoteProtocolError(ProtocolReason.REPLAY, f"{who}: shares already received")
         peers = [s.peer for s in msg.shares]
         if sorted(peers) != sorted(self._graph[msg.sender]):
             raise RemoteProtocolError(
-                "bad_shares", f"{who}: shares must go to exactly its neighbours"
+                ProtocolReason.BAD_SHARES, f"{who}: shares must go to exactly its neighbours"
             )
         self._shares[msg.sender] = msg.shares
 
     def _on_masked(self, msg: MaskedInput, who: str) -> None:
         if msg.sender not in self._u2:
-            raise RemoteProtocolError("not_in_round", f"{who}: did not share keys")
+            raise RemoteProtocolError(ProtocolReason.NOT_IN_ROUND, f"{who}: did not share keys")
         if msg.sender in self._masked_from:
-            raise RemoteProtocolError("replay", f"{who}: masked input already received")
+            raise RemoteProtocolError(
+                ProtocolReason.REPLAY, f"{who}: masked input already received"
+            )
         if (msg.bits, msg.dim) != (self.params.bits, self.params.dim):
-            raise RemoteProtocolError("bad_input", f"{who}: bits/dim do not match the round")
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_INPUT, f"{who}: bits/dim do not match the round"
+            )
         self._sum += msg.vector()
         self._masked_from.add(msg.sender)
 
     def _on_unmask(self, msg: UnmaskResponse, who: str) -> None:
         j = msg.sender
         if j not in self._u3:
-            raise RemoteProtocolError("not_in_round", f"{who}: was not asked to unmask")
+            raise RemoteProtocolError(
+                ProtocolReason.NOT_IN_ROUND, f"{who}: was not asked to unmask"
+            )
         if j in self._answered:
-            raise RemoteProtocolError("replay", f"{who}: unmask shares already received")
+            raise RemoteProtocolError(
+                ProtocolReason.REPLAY, f"{who}: unmask shares already received"
+            )
         nbrs = self._graph[j]
         seed_owners = [s.owner for s in msg.seed_shares]
         key_owners = [s.owner for s in msg.key_shares]
         if any(o not in self._u3 or o not in nbrs for o in seed_owners):
             raise RemoteProtocolError(
-                "bad_unmask", f"{who}: seed shares only for surviving neighbours"
+                ProtocolReason.BAD_UNMASK, f"{who}: seed shares only for surviving neighbours"
             )
         if any(o not in self._dropped or o not in nbrs for o in key_owners):
             raise RemoteProtocolError(
-                "bad_unmask", f"{who}: key shares only for dropped neighbours"
+                ProtocolReason.BAD_UNMASK, f"{who}: key shares only for dropped neighbours"
             )
         if len(set(seed_owners)) != len(seed_owners) or len(set(key_owners)) != len(key_owners):
-            raise RemoteProtocolError("bad_unmask", f"{who}: repeated share owners")
+            raise RemoteProtocolError(ProtocolReason.BAD_UNMASK, f"{who}: repeated share owners")
         try:
             seed = [(s.owner, shamir.Share.from_bytes(j + 1, s.y)) for s in msg.seed_shares]
             keys = [(s.owner, shamir.Share.from_bytes(j + 1, s.y)) for s in msg.key_shares]
         except ValueError:
             raise RemoteProtocolError(
-                "bad_unmask", f"{who}: share value outside the field"
+                ProtocolReason.BAD_UNMASK, f"{who}: share value outside the field"
             ) from None
         for owner, share in seed:
             self._seed_shares.setdefault(owner, []).append(share)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from privacy.errors import LocalProtocolError, RemoteProtocolError
+from privacy.errors import LocalProtocolError, ProtocolReason, RemoteProtocolError
 
 
 class Role(StrEnum):
@@ -75,5 +75,5 @@ def next_state(role: Role, state: str, event: str, who: str) -> str:
         if event in LOCAL_EVENTS:
             raise LocalProtocolError(f"{who}: cannot {event!r} in state {state!r}") from None
         raise RemoteProtocolError(
-            "out_of_order", f"{who}: {event!r} not accepted in state {state!r}"
+            ProtocolReason.OUT_OF_ORDER, f"{who}: {event!r} not accepted in state {state!r}"
         ) from None
