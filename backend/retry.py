@@ -16,13 +16,9 @@ into lost or dead-lettered records.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
-
-T = TypeVar("T")
+from tenacity import RetryCallState, wait_exponential_jitter
 
 
 @dataclass(frozen=True)
@@ -47,33 +43,3 @@ class RetryPolicy:
     def sleep(self, attempt: int, stop: threading.Event | None = None) -> None:
         """Wait :meth:`delay` seconds, returning early when ``stop`` is set."""
         (stop or threading.Event()).wait(self.delay(attempt))
-
-    def call(
-        self,
-        fn: Callable[[], T],
-        retry_on: tuple[type[BaseException], ...],
-        on_retry: Callable[[BaseException, int], None] | None = None,
-        stop: threading.Event | None = None,
-    ) -> T:
-        """``fn()`` until it returns, retrying ``retry_on`` errors forever (until ``stop``)."""
-
-        def before_sleep(state: RetryCallState) -> None:
-            if on_retry is not None and state.outcome is not None:
-                exc = state.outcome.exception()
-                if exc is not None:
-                    on_retry(exc, state.attempt_number)
-            if stop is not None and stop.is_set():
-                raise InterruptedError("stopped while retrying")
-
-        retrying = Retrying(
-            retry=retry_if_exception_type(retry_on),
-            wait=self._wait(),
-            before_sleep=before_sleep,
-            sleep=(stop.wait if stop is not None else None) or _sleep,
-            reraise=True,
-        )
-        return retrying(fn)
-
-
-def _sleep(seconds: float) -> None:
-    threading.Event().wait(seconds)

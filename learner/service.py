@@ -30,7 +30,6 @@ from sqlalchemy import select
 
 from backend import keystore
 from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
-from backend.retry import RetryPolicy
 from backend.storage import reading
 from learner import adapter_topic
 from learner.artifacts import Signer
@@ -45,7 +44,6 @@ from privacy.policy import RegionPolicy
 from privacy.wire import ReleasedAggregate, utcnow
 
 log = structlog.get_logger(__name__)
-RETRY = RetryPolicy()  # checkpoint failures: re-read from the durable offset, back off
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable_auto_commit": False,
@@ -288,20 +286,13 @@ class LearnerApp(DurableConsumerApp):
         self.stats.checkpoint_failures += 1
         if cp.learned is not None:
             self.cache.drop(cp.learned.release.cohort)
-        self._log.warning(
-            "checkpoint_failed",
-            error=exc.__class__.__name__,
-            detail=str(exc)[:300],
-            topic=cp.topic,
-            partition=cp.partition,
-            offset=cp.offset,
-        )
         consumer = self._consumer
-        if consumer is not None:
-            self.seek_to_durable(consumer.assignment() or [TopicPartition(cp.topic, cp.partition)])
-        RETRY.sleep(self.stats.checkpoint_failures, self._stop)
+        assigned = consumer.assignment() if consumer is not None else set()
+        # report, rewind to the durable offsets before the next poll, back off (backend retry)
+        self.failed(exc, assigned or [TopicPartition(cp.topic, cp.partition)], "checkpoint_failed")
 
     def _after_commit(self, cp: LearnerCheckpoint) -> None:
+        self.succeeded()
         self.stats.records += 1
         if cp.learned is not None:
             rel = cp.learned.release

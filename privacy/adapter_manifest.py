@@ -65,8 +65,8 @@ class AdapterRejected(RemoteProtocolError):
     """The publisher's artifact was refused; ``reason`` is an :class:`AdapterRejectReason`."""
 
     def __init__(self, reason: AdapterRejectReason, detail: str = "") -> None:
-        super().__init__(reason.value, detail)
-        self.reason: AdapterRejectReason = reason  # type: ignore[assignment]
+        super().__init__(reason, detail)
+        self.reason: AdapterRejectReason = reason
 
 
 class AdapterManifest(Frozen):

@@ -62,7 +62,7 @@ class RemoteProtocolError(ProtocolError):
     def __init__(self, reason: StrEnum | str, detail: str = "") -> None:
         if not isinstance(reason, StrEnum):
             reason = ProtocolReason(reason)  # ValueError for an undeclared reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
         self.reason = reason
         self.detail = detail
 
