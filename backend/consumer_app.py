@@ -6,7 +6,8 @@ they agree on everything around it, which lives here once:
 - on (re)assignment each partition resumes at the next offset stored in the service's own
   offsets table (written in the same transaction as the results), or at the beginning;
 - ``run`` loops until a stop event, ``stop()``, SIGTERM/SIGINT (which only set a flag, so the
-  batch in hand is checkpointed first) or ``max_idle_s`` of assigned-but-nothing-to-read;
+  batch in hand is checkpointed first) or ``max_idle_s`` of assigned-but-nothing-to-read
+  (a fault being retried is not idleness: a database outage does not end the run);
 - ``close`` releases consumer, producer and engine, whatever state they are in;
 - a failed batch (database or broker fault) is never skipped: :meth:`DurableConsumerApp.
   failed` rewinds the batch's partitions to the database's offsets and backs off
@@ -301,6 +302,10 @@ class DurableConsumerApp:
                     # killed member's session to expire is not idleness
                     idle_since = time.monotonic()
                     continue
+                if self.degraded:
+                    # nor is a fault being retried (the database down, a checkpoint failing):
+                    # the records are there, only not yet durable; exiting would leave them
+                    idle_since = time.monotonic()
                 self.on_idle()
                 if max_idle_s is not None and time.monotonic() - idle_since >= max_idle_s:
                     break
