@@ -49,6 +49,25 @@ def reading(engine: Engine):  # type: ignore[no-untyped-def]
     return engine.connect().execution_options(**{READONLY: True})
 
 
+def with_driver(url: str) -> str:
+    """``url`` with psycopg (3) named as the driver when it names none for PostgreSQL.
+
+    Why: ``postgresql://user@host/db`` (the form libpq and docs/configuration.md use) makes
+    SQLAlchemy load psycopg2, which Sotto does not install (the server extra brings
+    ``psycopg[binary]``), and ``postgres://`` is refused outright; both would stop a service
+    at startup with an import error instead of connecting.
+
+    >>> with_driver("postgresql://sotto@db-eu/sotto")
+    'postgresql+psycopg://sotto@db-eu/sotto'
+    >>> with_driver("sqlite:///eu.db")
+    'sqlite:///eu.db'
+    """
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare) :]
+    return url
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, full fsync and write-locking transactions."""
     if url.startswith("sqlite"):
@@ -56,7 +75,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         _sqlite_pragmas(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(with_driver(url), pool_pre_ping=True)
 
 
 def _ensure_sqlite_dir(url: str) -> None:
