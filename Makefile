@@ -1,12 +1,13 @@
 # `make demo` and `make test` work from a fresh clone: they create .venv, install Sotto and
-# fetch Apache Kafka from Maven Central when missing.
+# fetch Apache Kafka from Maven Central when missing (`make test` also installs the PostgreSQL
+# server from apt when it is missing).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.sotto-installed
 KAFKA_LIB := deploy/kafka/lib/.fetched
 
-.PHONY: install kafka check test demo lint bench clean
+.PHONY: install kafka postgres check test demo lint bench clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,18 @@ install: $(INSTALLED)
 
 kafka: $(KAFKA_LIB)
 
+# The PostgreSQL server binaries (initdb, pg_ctl, postgres) for the tests that start their own
+# server (deploy/postgres_local.py), found on PATH or under /usr/lib/postgresql/*/bin; apt
+# installs them only when they are missing. Never skipped: without them those tests fail.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+postgres: $(INSTALLED)
+	@$(PY) -m deploy.postgres_local --check >/dev/null || { \
+	  echo "installing the PostgreSQL server: apt-get install postgresql"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql && \
+	  $(PY) -m deploy.postgres_local --check; }
+
 # Quality gates first (cheap), then the suite: lint, format, import contracts (the package
 # DAG), types of the device-side packages, then pytest (doctests of the library packages too).
 check: install
@@ -30,7 +43,7 @@ check: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy privacy edge_client
 
-test: install kafka check
+test: install kafka postgres check
 	$(PY) -m pytest -q
 
 demo: install kafka
