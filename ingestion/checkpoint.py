@@ -22,6 +22,8 @@ what ingestion writes in the transaction and the dead letters it produces before
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -158,29 +160,46 @@ class BatchCheckpoint(Checkpoint):
     def _produce_dead_letters(
         self, producer: KafkaProducer, timeout_s: float
     ) -> tuple[set[tuple[str, int, int]], str | None]:
-        """Produce and flush; the coordinates acknowledged and, if some were not, why."""
+        """Produce and flush; the coordinates acknowledged and, if some were not, why.
+
+        Never raises: kafka-python's ``send`` and ``flush`` raise too (``flush`` while a batch
+        the broker refused as too large is split and resent, a timeout), and what is
+        acknowledged still counts, so that the retry does not produce it again; the caller
+        rebuilds the producer."""
         if not self.dead_letters:
             return set(), None
-        futures = [
-            producer.send(
-                self.dead_letter_topic,
-                value=dl.original,
-                key=f"{dl.source_topic}/{dl.source_partition}/{dl.source_offset}".encode(),
-                headers=dl.headers(),
-            )
-            for dl in self.dead_letters
-        ]
-        producer.flush(timeout=timeout_s)
+        futures = []
+        error: str | None = None
+        deadline = time.monotonic() + timeout_s
+        try:
+            for dl in self.dead_letters:
+                futures.append(
+                    producer.send(
+                        self.dead_letter_topic,
+                        value=dl.original,
+                        key=f"{dl.source_topic}/{dl.source_partition}/{dl.source_offset}".encode(),
+                        headers=dl.headers(),
+                    )
+                )
+            producer.flush(timeout=timeout_s)
+        except Exception as exc:
+            error = type(exc).__name__
+        for fut in futures:  # a raising flush does not mean the sends are over (a batch the
+            if not fut.is_done:  # broker refused as too large is split and sent again)
+                with contextlib.suppress(Exception):
+                    fut.get(timeout=max(0.0, deadline - time.monotonic()))
         acked = {
             (dl.source_topic, dl.source_partition, dl.source_offset)
-            for dl, fut in zip(self.dead_letters, futures, strict=True)
-            if fut.is_done and not fut.failed()
+            for dl, fut in zip(self.dead_letters, futures, strict=False)
+            if fut.succeeded()
         }
-        if len(acked) == len(futures):
+        if len(acked) == len(self.dead_letters):
             return acked, None
-        failed = next(f for f in futures if not f.is_done or f.failed())
-        error = type(failed.exception).__name__ if failed.is_done else "timeout"
-        return acked, f"{len(futures) - len(acked)} dead letter(s) not acknowledged ({error})"
+        if error is None:
+            failed = next(f for f in futures if not f.succeeded())
+            error = type(failed.exception).__name__ if failed.is_done else "timeout"
+        missing = len(self.dead_letters) - len(acked)
+        return acked, f"{missing} dead letter(s) not acknowledged ({error})"
 
     def _write(self, conn: Connection) -> None:
         if self.accepted:

@@ -28,6 +28,7 @@ from kafka import (
     KafkaProducer,
     TopicPartition,
 )
+from kafka.errors import CorruptRecordError
 
 from backend import keystore
 from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
@@ -39,10 +40,10 @@ from ingestion.processor import build_checkpoint
 from ingestion.settings import IngestSettings
 from ingestion.stats import IngestStats
 from ingestion.topics import ensure_region_topics
-from ingestion.validator import Validator
+from ingestion.validator import Rejected, Validator
 from privacy.errors import SottoError
 from privacy.policy import RegionPolicy
-from privacy.wire import utcnow
+from privacy.wire import RejectReason, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,24 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "max_partition_fetch_bytes": 8 * 1024 * 1024,
     "fetch_max_wait_ms": 100,
 }
+
+
+UNDECODABLE_RUN = 1000  # most undecodable records dead-lettered by one checkpoint
+
+
+def _undecodable_at(
+    probe: KafkaConsumer, tp: TopicPartition, offset: int, deadline: float
+) -> bool | None:
+    """Whether the record at ``offset`` cannot be decoded (``None``: no answer by ``deadline``).
+    Seeking elsewhere after a failure is what lets the probe's fetcher read on."""
+    probe.seek(tp, offset)
+    while time.monotonic() < deadline:
+        try:
+            if probe.poll(timeout_ms=200, max_records=1):
+                return False
+        except CorruptRecordError:
+            return True
+    return None
 
 
 class IngestionApp(DurableConsumerApp):
@@ -107,11 +126,16 @@ class IngestionApp(DurableConsumerApp):
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> IngestionApp:
-        servers = self.config.bootstrap_servers
         self._engine = open_database(self.config.database_url)
         if self._create_topics:
             self.ensure_topics()
         self._producer = self._dlq_producer()
+        self._open_consumer()
+        self._log.info("ingestion_started", topics=self.topics)
+        return self
+
+    def _open_consumer(self) -> None:
+        """Join the group; each assigned partition resumes at the database's offset."""
         ingest = self.settings
         config: dict[str, Any] = {
             "max_poll_records": ingest.batch_max_records,
@@ -120,15 +144,13 @@ class IngestionApp(DurableConsumerApp):
             **self._consumer_config,
         }
         self._consumer = KafkaConsumer(
-            bootstrap_servers=servers,
+            bootstrap_servers=self.config.bootstrap_servers,
             group_id=self.group_id,
             client_id=f"sotto-ingest-{self.region}",
             **config,
         )
         self._await_topics(self.topics)
         self._consumer.subscribe(self.topics, listener=SeekFromDatabase(self))
-        self._log.info("ingestion_started", topics=self.topics)
-        return self
 
     def before_close(self) -> None:
         self._maybe_publish_head(force=True)
@@ -198,11 +220,17 @@ class IngestionApp(DurableConsumerApp):
         """Poll one batch and checkpoint it; returns the number of records handled."""
         consumer = self._consumer
         if consumer is None:
-            raise RuntimeError("IngestionApp is not started; use it as a context manager")
+            if self._engine is None:
+                raise RuntimeError("IngestionApp is not started; use it as a context manager")
+            self._reopen_consumer()  # replaced after an undecodable record; retried until it works
+            return 0
         if not self.ready():
             return 0
         timeout = self.settings.poll_timeout_ms if timeout_ms is None else timeout_ms
-        batch = consumer.poll(timeout_ms=timeout)
+        try:
+            batch = consumer.poll(timeout_ms=timeout)
+        except CorruptRecordError as exc:
+            return self._skip_undecodable(exc)
         if not batch:
             return 0
         if self.stats.first_record_at is None:
@@ -229,6 +257,111 @@ class IngestionApp(DurableConsumerApp):
             return 0
         self._commit(cp, list(batch))
         return len(records)
+
+    def _skip_undecodable(self, exc: CorruptRecordError) -> int:
+        """A record the Kafka client cannot decode (a header key that is not UTF-8, which the
+        broker accepts from any client; a batch failing its CRC) made ``poll`` raise, and
+        kafka-python's fetcher then spins on that partition forever. Find it, dead-letter it
+        by its coordinates (its bytes cannot be read; they stay on the source topic) and move
+        past it once that is durable. kafka-python decodes a record batch from its start, so
+        the later records of that batch are unreadable too and are dead-lettered with it
+        (one producer's batch: honest devices never share one with the sender). If that fails,
+        the consumer is replaced: only a fresh one reads that partition again, and it hits
+        the record again, so nothing is skipped."""
+        assert self._consumer is not None
+        found = self._locate_undecodable()
+        if found is None:  # not reproducible by a fresh reader: a transient fault
+            self.stats.checkpoint_failures += 1
+            self.failed(exc, [], "undecodable_batch")
+            self._replace_consumer()
+            return 0
+        tp, offsets = found
+        cp = BatchCheckpoint(
+            region=self.region,
+            group_id=self.group_id,
+            dead_letter_topic=self.config.t.dead_letter,
+            now=utcnow(),
+            dead_letter_max_bytes=self.settings.dead_letter_max_bytes,
+        )
+        detail = (  # the exception's message quotes the record's bytes: named by type only
+            f"record cannot be decoded by the Kafka client ({type(exc).__name__}; it or an "
+            "earlier record of its batch); its bytes, key and headers stay on the source topic"
+        )
+        for offset in offsets:
+            cp.reject(
+                Rejected(RejectReason.MALFORMED, detail),
+                b"",
+                tp.topic,
+                tp.partition,
+                offset,
+                already_produced=(tp.topic, tp.partition, offset) in self._dead_lettered,
+            )
+        self._commit(cp, [tp])
+        if self.consecutive_failures:
+            self._replace_consumer()
+            return 0
+        try:  # past them: this also makes the fetcher drop the fetch it is stuck on
+            self._consumer.seek(tp, offsets[-1] + 1)
+        except Exception:  # no longer ours: a fresh consumer resumes at the durable offsets
+            self._replace_consumer()
+        return len(offsets)
+
+    def _locate_undecodable(
+        self, timeout_s: float = 10.0
+    ) -> tuple[TopicPartition, list[int]] | None:
+        """The assigned partition whose next records a fresh reader cannot decode, and their
+        offsets (from the partition's position: every record before it was handled; at most
+        ``UNDECODABLE_RUN`` of them, the rest are found by the next poll)."""
+        assert self._consumer is not None
+        for tp in sorted(self._consumer.assignment(), key=lambda t: (t.topic, t.partition)):
+            offset = self._consumer.position(tp)
+            probe = KafkaConsumer(
+                bootstrap_servers=self.config.bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                client_id=f"sotto-ingest-probe-{self.region}",
+                max_partition_fetch_bytes=self._consumer_config["max_partition_fetch_bytes"],
+                fetch_max_bytes=self._consumer_config["fetch_max_bytes"],
+            )
+            try:
+                probe.assign([tp])
+                end = probe.end_offsets([tp])[tp]
+                deadline = time.monotonic() + timeout_s
+                bad: list[int] = []
+                while offset < end and len(bad) < UNDECODABLE_RUN:
+                    if _undecodable_at(probe, tp, offset, deadline) is not True:
+                        break  # readable (or no answer in time: the next poll tells)
+                    bad.append(offset)
+                    offset += 1
+                if bad:
+                    return tp, bad
+            except Exception as probe_exc:  # broker away: the caller retries
+                self._log.warning("undecodable_probe_failed", error=type(probe_exc).__name__)
+                return None
+            finally:
+                with contextlib.suppress(Exception):
+                    probe.close()
+        return None
+
+    def _replace_consumer(self) -> None:
+        """Leave the group and join again with a fresh consumer (assignment seeks to the
+        database's offsets, so no rewind is pending for the old one's partitions)."""
+        old, self._consumer = self._consumer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close(autocommit=False)
+        self._rewind = None
+        self._reopen_consumer()
+
+    def _reopen_consumer(self) -> None:
+        try:
+            self._open_consumer()
+        except Exception as exc:  # broker away: poll_once tries again after a backoff
+            if self._consumer is not None:
+                with contextlib.suppress(Exception):
+                    self._consumer.close(autocommit=False)
+                self._consumer = None
+            self.failed(exc, [], "consumer_reopen_failed")
 
     def _commit(self, cp: BatchCheckpoint, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None

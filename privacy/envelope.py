@@ -71,12 +71,15 @@ def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
     if not isinstance(obj, dict):
         raise EnvelopeRejected(RejectReason.MALFORMED, "not a JSON object")
     if obj.get("v") != ENVELOPE_VERSION and "v" in obj:
-        raise EnvelopeRejected(RejectReason.UNSUPPORTED_VERSION, f"envelope v={obj.get('v')!r}")
+        raise EnvelopeRejected(
+            RejectReason.UNSUPPORTED_VERSION, f"envelope v={_shown(ascii(obj.get('v')))}"
+        )
     try:
         return Envelope.model_validate(obj)
     except ValidationError as exc:
-        fields = ",".join(".".join(map(str, e["loc"])) for e in exc.errors())
-        raise EnvelopeRejected(RejectReason.SCHEMA, f"invalid fields: {fields}") from None
+        raise EnvelopeRejected(
+            RejectReason.SCHEMA, f"invalid fields: {_invalid_fields(exc)}"
+        ) from None
 
 
 def check_route(env: Envelope, *, region: str, keyset: KeySet, key_region: str | None) -> KeyEntry:
@@ -106,5 +109,30 @@ def open_payload(env: Envelope, private: PrivateKey) -> Frozen:
     try:  # pydantic's JSON mode parses with the same limits as parse()
         return model.model_validate_json(plain)
     except ValidationError as exc:
-        fields = ",".join(".".join(map(str, e["loc"])) for e in exc.errors())
-        raise EnvelopeRejected(RejectReason.PAYLOAD_INVALID, f"payload fields: {fields}") from None
+        raise EnvelopeRejected(
+            RejectReason.PAYLOAD_INVALID, f"payload fields: {_invalid_fields(exc)}"
+        ) from None
+
+
+MAX_FIELDS_SHOWN = 8
+
+
+def _shown(part: object, limit: int = 40) -> str:
+    """One path element of an invalid field, fit for a rejection detail. Keys come from the
+    sender: anything but printable ASCII is shown escaped (``ascii()``), so no NUL (which
+    PostgreSQL refuses in text: one such key stopped the audit log's inserts and the region),
+    newline or control character reaches the audit log, DLQ headers or logs; long keys are cut."""
+    text = str(part)
+    if not (text.isascii() and text.isprintable()):
+        text = ascii(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _invalid_fields(exc: ValidationError) -> str:
+    """The paths of the first invalid fields (the error type where there is no path)."""
+    errors = exc.errors()
+    shown = [
+        ".".join(map(_shown, e["loc"])) or _shown(e["type"]) for e in errors[:MAX_FIELDS_SHOWN]
+    ]
+    more = len(errors) - MAX_FIELDS_SHOWN
+    return ",".join(shown) + (f" (+{more} more)" if more > 0 else "")
