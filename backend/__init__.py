@@ -6,8 +6,7 @@ only; ingestion/ and learner/ build on it."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from privacy.lazy import exports
 
 # name -> defining module; resolved on first use (PEP 562), so importing one submodule
 # (say, the settings section) does not import the whole package (say, torch).
@@ -34,13 +33,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = exports(__name__, _EXPORTS)
