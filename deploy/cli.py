@@ -150,12 +150,19 @@ def init(
         console.print(f"region policy: {path}")
         return
     policy = RegionPolicy.from_toml(path.read_text())
-    _print_json({
-        "policy": str(path), "created": created,
-        "regions": {name: {"keyset_dir": str(r.keyset_dir),
-                           "current_key": keystore.load_keyset(r.keyset_dir).current().key_id}
-                    for name, r in policy.regions.items()},
-    })  # fmt: skip
+    _print_json(
+        {
+            "policy": str(path),
+            "created": created,
+            "regions": {
+                name: {
+                    "keyset_dir": str(r.keyset_dir),
+                    "current_key": keystore.load_keyset(r.keyset_dir).current().key_id,
+                }
+                for name, r in policy.regions.items()
+            },
+        }
+    )
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object")]
@@ -196,8 +203,10 @@ def keys_list(region: Annotated[str, typer.Option()], as_json: JsonFlag = False)
 
     ks = keystore.load_keyset(_settings().policy.region(region).keyset_dir)
     if as_json:
-        keys = [{"key_id": k.key_id, "status": k.status.value,
-                 "created_at": k.created_at.isoformat()} for k in ks.keys]  # fmt: skip
+        keys = [
+            {"key_id": k.key_id, "status": k.status.value, "created_at": k.created_at.isoformat()}
+            for k in ks.keys
+        ]
         _print_json({"region": region, "keys": keys})
         return
     for k in ks.keys:
@@ -211,8 +220,13 @@ def _broker(port: int | None, data_dir: Path | None):
     d = data_dir or s.kafka.data_dir
     if port is None:
         return LocalKafka.from_data_dir(d, lib_dir=s.kafka.lib_dir, heap=s.kafka.heap)
-    return LocalKafka(data_dir=d, port=port, controller_port=s.kafka.controller_port,
-                      lib_dir=s.kafka.lib_dir, heap=s.kafka.heap)  # fmt: skip
+    return LocalKafka(
+        data_dir=d,
+        port=port,
+        controller_port=s.kafka.controller_port,
+        lib_dir=s.kafka.lib_dir,
+        heap=s.kafka.heap,
+    )
 
 
 @kafka_app.command("fetch")
@@ -322,9 +336,13 @@ def learn(
     s = _settings()
     factory = import_factory(learner_factory) if learner_factory else None
     stats = run_learn(
-        s, region, max_idle_s, factory, group_id=group_id or f"{s.learner.group_prefix}-{region}",
+        s,
+        region,
+        max_idle_s,
+        factory,
+        group_id=group_id or f"{s.learner.group_prefix}-{region}",
         metrics_port=s.learner.metrics_port if metrics_port is None else metrics_port,
-    )  # fmt: skip
+    )
     _emit(stats.as_dict(), json_out)
 
 
@@ -341,9 +359,13 @@ def demo(
     from deploy.demo import run_demo
 
     report = run_demo(
-        rounds=rounds, devices=devices, cohorts=cohorts,
-        regions=tuple(r.strip() for r in regions.split(",")), out_dir=out, bootstrap=bootstrap,
-    )  # fmt: skip
+        rounds=rounds,
+        devices=devices,
+        cohorts=cohorts,
+        regions=tuple(r.strip() for r in regions.split(",")),
+        out_dir=out,
+        bootstrap=bootstrap,
+    )
     raise typer.Exit(ExitCode.OK if report["status"] == "complete" else ExitCode.INTERRUPTED)
 
 
@@ -535,8 +557,11 @@ def config_show(
     for key in st.unknown_keys():
         console.print(f"[yellow]warning:[/yellow] not a setting, ignored: {key}")
     if as_json:
-        doc = {"config_file": str(path) if path else None,
-               "settings": s.model_dump(mode="json"), "sources": sources}  # fmt: skip
+        doc = {
+            "config_file": str(path) if path else None,
+            "settings": s.model_dump(mode="json"),
+            "sources": sources,
+        }
         _print_json(doc)
         return
     print(f"# config file: {path or '(none)'}; sources: default, file, env")
