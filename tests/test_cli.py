@@ -33,8 +33,12 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 def sotto(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "deploy", *args],
-        capture_output=True, text=True, env=_env(home, **env), cwd=home.parent, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=_env(home, **env),
+        cwd=home.parent,
+        timeout=120,
+    )
 
 
 def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -47,9 +51,13 @@ def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 def test_exit_codes_are_distinct_and_pinned() -> None:
     assert {c.name: int(c) for c in ExitCode} == {
-        "OK": 0, "CHECK_FAILED": 1, "USAGE": 2, "CONFIG": 3, "SERVICE_FAILURE": 4,
+        "OK": 0,
+        "CHECK_FAILED": 1,
+        "USAGE": 2,
+        "CONFIG": 3,
+        "SERVICE_FAILURE": 4,
         "INTERRUPTED": 130,
-    }  # fmt: skip
+    }
 
 
 def test_readme_documents_every_exit_code() -> None:
