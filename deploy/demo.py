@@ -16,6 +16,8 @@ output folder after every round, so Ctrl-C leaves a partial report.
 from __future__ import annotations
 
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -120,6 +122,17 @@ def run_demo(
     from deploy.simulation.population import Population
 
     console = console or Console(stderr=True)
+    # Ctrl-C: remember it as well as raising, so a KeyboardInterrupt that some library code
+    # swallows still ends the run as "interrupted" at the next round boundary
+    interrupted = threading.Event()
+
+    def _on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _on_sigint)
     base = SottoSettings()
     configure_logging("ERROR", base.log_json)
     home = (home or base.home / "demo").resolve()
@@ -187,6 +200,8 @@ def run_demo(
                 task = progress.add_task(f"rounds ({len(pop.devices)} devices)", total=rounds)
 
                 def on_round(r: int) -> None:
+                    if interrupted.is_set():  # a Ctrl-C that a library swallowed still counts
+                        raise KeyboardInterrupt
                     parts = []
                     for loop in loops:
                         recs = loop.records[-len(loop.cohorts) :]
@@ -205,11 +220,15 @@ def run_demo(
                 finally:
                     _close(loops, closed)  # while the broker is still up
             console.print(_loop_table(report["loop"]["summary"]))
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         report["status"] = "complete"
     except KeyboardInterrupt:
         report["status"] = "interrupted"
         console.print("[yellow]interrupted: writing a partial report[/yellow]")
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         _close(loops, closed)
         report["elapsed_s"] = round(time.perf_counter() - t0, 2)
         page = write_report(report, out_dir)
