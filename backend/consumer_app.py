@@ -47,10 +47,13 @@ class SeekFromDatabase(ConsumerRebalanceListener):
         self._app = app
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Batches are checkpointed before the next poll, so nothing is in flight here.
+        # Batches are checkpointed before the next poll, so nothing is in flight here. Until
+        # the new assignment arrives the app is rebalancing, not idle (see ``run``).
+        self._app.rebalancing = True
         self._app._log.info("partitions_revoked", n=len(revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self._app.rebalancing = False
         self._app.on_assigned()
         try:
             self._app.seek_to_durable(assigned)
@@ -73,6 +76,7 @@ class DurableConsumerApp:
         self._rewind: list[Any] | None = None  # partitions to seek back before polling again
         self.consecutive_failures = 0
         self.last_failure: str | None = None  # exception type of the latest infrastructure fault
+        self.rebalancing = False  # partitions revoked, new assignment not yet received
         self.last_loop_at = time.monotonic()  # the poll loop's heartbeat (liveness)
         self.last_progress_at = time.monotonic()  # last durable checkpoint, or caught up
         self.lag: int | None = None  # records behind the log end, measured by the loop thread
@@ -302,8 +306,9 @@ class DurableConsumerApp:
                     # killed member's session to expire is not idleness
                     idle_since = time.monotonic()
                     continue
-                if self.degraded:
-                    # nor is a fault being retried (the database down, a checkpoint failing):
+                if self.degraded or self.rebalancing:
+                    # nor is a fault being retried (the database down, a checkpoint failing),
+                    # nor a rebalance (kafka-python may still report the old assignment):
                     # the records are there, only not yet durable; exiting would leave them
                     idle_since = time.monotonic()
                 self.on_idle()
