@@ -18,6 +18,7 @@ from privacy import dp, quantize
 from privacy.errors import ConfigError
 from privacy.ledger import ChargeEvent
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
+from privacy.secagg import sizing
 from privacy.secagg.messages import RoundParams
 from privacy.secagg.server import AggregateResult
 
@@ -55,11 +56,30 @@ def plan_round(
     min_clients: int | None = None,
     bits: int | None = None,
     dropout: float | None = None,
+    corrupt: float = sizing.DEFAULT_CORRUPT,
+    risk: float = sizing.DEFAULT_RISK,
 ) -> RoundPlan:
     """Plan and validate a round. ``epsilon=None`` means no DP noise (tests only).
-    ``dropout``: the expected share of clients that vanish; sizes the neighbour graph."""
-    base = RoundParams.recommended(round_id, n, dim, bits or 2, k=k, dropout=dropout)
+
+    ``dropout``: the expected share of clients that vanish; ``corrupt``: the share that may
+    collude with the server; ``risk``: the failure probability the round may have. ``k`` and
+    ``t`` default to :func:`privacy.secagg.sizing.choose`; given ones are refused when the
+    chance that some client is exposed exceeds ``risk`` (abort risk only costs a round)."""
+    try:
+        base = RoundParams.recommended(
+            round_id, n, dim, bits or 2, k=k, dropout=dropout, corrupt=corrupt, risk=risk
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     t = t or base.t
+    drop = sizing.DEFAULT_DROPOUT if dropout is None else dropout
+    fail = sizing.failure(n, base.k, t, dropout=drop, corrupt=corrupt)
+    if fail.exposure > risk:
+        raise ConfigError(
+            f"k={base.k}, t={t} expose a client with probability {fail.exposure:.2e} > "
+            f"{risk:.1e} when {corrupt:.3g} of {n} clients collude (need 2t - k beyond what "
+            "colluding neighbours reach; raise t or k)"
+        )
     min_clients = min_clients or max(t, base.min_clients)
     q0 = quantize.QuantConfig(dim=dim, clip=clip, scale=scale, bits=bits or quantize.MAX_BITS)
     if epsilon is None or delta is None:

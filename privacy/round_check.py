@@ -7,8 +7,16 @@ asks the same accountant what ε that buys, and refuses a round whose announced 
 than the truth, whose ε or δ exceed the device's own ceiling, that adds no noise at all, or
 whose cohort is too small. A refusing device simply does not join: the server sees a dropout.
 
-What it cannot check alone: that at least ``min_clients`` inputs really are summed (the server
-enforces it, and SecAgg+ aborts below its threshold); see docs/threat-model.md.
+The noise floor: the server releases a sum of as few as ``params.min_clients`` inputs, and
+each device adds ``1/noise.min_clients`` of the variance, so noise calibrated for more
+devices than the release floor is overclaimed (at 11 survivors of noise meant for 100 the
+release costs ε 3.3, not 1). The device refuses such a round and recomputes ε at exactly
+``params.min_clients``, the fewest inputs a release can hold.
+
+What it cannot check alone: that at least ``min_clients`` inputs really are summed. The
+consistency round makes the server show every survivor one signed survivor set of at least
+``min_clients`` ids, but ids of devices that never sent an input cannot be told apart from
+real survivors by one device; see docs/threat-model.md.
 """
 
 from __future__ import annotations
@@ -54,14 +62,14 @@ def check_round(announce: RoundOpen, floor: PrivacyFloor | None = None) -> float
             f"round asks ε={announce.epsilon:.3g}, δ={announce.delta:.3g}; device allows "
             f"ε≤{floor.max_epsilon:.3g}, δ≤{floor.max_delta:.3g}",
         )
-    if noise.min_clients > p.n:
+    if noise.min_clients > p.min_clients:
         raise RemoteProtocolError(
-            ProtocolReason.NOISE_OVERCLAIMED, f"min_clients {noise.min_clients} > n {p.n}"
+            ProtocolReason.NOISE_OVERCLAIMED,
+            f"noise calibrated for {noise.min_clients} devices, but a release may hold only "
+            f"{p.min_clients}",
         )
     quant = quantize.QuantConfig(dim=p.dim, clip=announce.clip, scale=announce.scale, bits=p.bits)
-    z = dp.effective_multiplier(
-        quant.l2_sensitivity, noise.client_variance, noise.min_clients, p.dim
-    )
+    z = dp.effective_multiplier(quant.l2_sensitivity, noise.client_variance, p.min_clients, p.dim)
     if z <= 0:
         raise RemoteProtocolError(ProtocolReason.NO_DP_NOISE, "recomputed noise multiplier is 0")
     true_eps = accountant.epsilon([z], announce.delta)

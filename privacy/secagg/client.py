@@ -6,23 +6,38 @@ one message to send back. The input vector (residues mod ``2**bits``, e.g. from
 masked. Private keys, the self-mask seed and the shares held for neighbours live in private
 attributes; ``repr`` shows none of them.
 
+Against an active server (docs/threat-model.md) the client trusts nothing it is shown:
+
+* it signs its advertised keys with a one-round credential key and accepts a neighbour only
+  with a valid credential (from an issuer its :class:`~privacy.credential.CredentialVerifier`
+  trusts), a valid signature over that neighbour's keys, and keys of full order;
+* it signs exactly one survivor set (the consistency round) and unmasks only for that set,
+  and only when at least ``t`` of its neighbours signed the same set;
+* it validates the unmask request: ids in range, survivors and dropped disjoint, every
+  neighbour whose shares it holds in exactly one list, dropped ones only among those, at
+  least ``t`` surviving neighbours and ``min_clients`` survivors.
+
 Out-of-order or replayed messages raise :class:`RemoteProtocolError` and are otherwise
-ignored (state unchanged), so a duplicate Kafka delivery cannot break a round. A server that
-asks for something that could reveal an input (the same client listed as survivor and
-dropped, this client listed as dropped, fewer survivors than ``min_clients``) or shares that
-fail authentication move the client to ABORTED: it answers nothing further in this round.
+ignored (state unchanged), so a duplicate Kafka delivery cannot break a round. Any other
+refusal moves the client to ABORTED: it answers nothing further in this round. Every
+cryptographic failure on a peer's data is a :class:`RemoteProtocolError`, never another
+exception.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from privacy import prg, shamir
+from privacy.credential import CredentialVerifier, DeviceCredential, SigningKey, verify_signature
 from privacy.errors import LocalProtocolError, ProtocolReason, RemoteProtocolError
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
 from privacy.secagg import crypto
 from privacy.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     EncryptedShares,
     ForwardedShares,
     MaskedInput,
@@ -36,6 +51,8 @@ from privacy.secagg.messages import (
 )
 from privacy.secagg.states import ClientState, Role, next_state
 
+Reply = EncryptedShares | MaskedInput | ConsistencySignature | UnmaskResponse
+
 
 class SecAggClient:
     """One client's side of one SecAgg+ round."""
@@ -46,6 +63,9 @@ class SecAggClient:
         cid: int,
         vector: np.ndarray,
         rng: Randomness = DEFAULT_RANDOMNESS,
+        *,
+        identity: tuple[DeviceCredential, SigningKey],
+        verifier: CredentialVerifier,
     ) -> None:
         if not 0 <= cid < params.n:
             raise LocalProtocolError(f"client id {cid} outside 0..{params.n - 1}")
@@ -65,9 +85,13 @@ class SecAggClient:
         )
         self._mask_sk, self._mask_pk = crypto.new_keypair(rng)
         self._enc_sk, self._enc_pk = crypto.new_keypair(rng)
-        self._seed: bytes = b""
+        self._credential, self._signing = identity
+        self._verifier = verifier
+        self._seed: bytes = rng.token_bytes(32)
         self._neighbours: dict[int, tuple[bytes, bytes]] = {}  # cid -> (mask_pk, enc_pk)
+        self._signers: dict[int, ed25519.Ed25519PublicKey] = {}  # neighbour -> credential key
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (seed share y, key share y)
+        self._signed: tuple[int, ...] | None = None  # the one survivor set this client signed
 
     @property
     def state(self) -> str:
@@ -81,14 +105,20 @@ class SecAggClient:
     def start(self) -> AdvertiseKeys:
         """Stage 0: advertise this round's two public keys."""
         self._state = next_state(Role.CLIENT, self._state, "start", self._who())
+        p = self.params
+        commit = crypto.seed_commitment(p.round_id, self.cid, self._seed)
+        signed = crypto.advertise_bytes(p.round_id, self.cid, self._mask_pk, self._enc_pk, commit)
         return AdvertiseKeys(
-            round_id=self.params.round_id,
+            round_id=p.round_id,
             sender=self.cid,
             mask_pk=self._mask_pk,
             enc_pk=self._enc_pk,
+            seed_commit=commit,
+            credential=self._credential,
+            signature=self._signing.sign(signed),
         )
 
-    def receive(self, msg: ServerToClient) -> EncryptedShares | MaskedInput | UnmaskResponse:
+    def receive(self, msg: ServerToClient) -> Reply:
         """Handle one server message and return the reply to send."""
         if msg.round_id != self.params.round_id:
             raise RemoteProtocolError(
@@ -105,9 +135,11 @@ class SecAggClient:
         target = next_state(Role.CLIENT, self._state, msg.type, self._who())
         try:
             if isinstance(msg, NeighbourKeys):
-                reply: EncryptedShares | MaskedInput | UnmaskResponse = self._on_neighbours(msg)
+                reply: Reply = self._on_neighbours(msg)
             elif isinstance(msg, ForwardedShares):
                 reply = self._on_forwarded(msg)
+            elif isinstance(msg, ConsistencyRequest):
+                reply = self._on_consistency(msg)
             elif isinstance(msg, UnmaskRequest):
                 reply = self._on_unmask(msg)
             else:  # pragma: no cover - the table already refused it
@@ -117,6 +149,11 @@ class SecAggClient:
         except RemoteProtocolError:
             self._abort()
             raise
+        except ValueError as exc:  # a key or value the crypto refused: the peer's fault
+            self._abort()
+            raise RemoteProtocolError(
+                ProtocolReason.WEAK_KEY, f"{self._who()}: {type(exc).__name__} on peer data"
+            ) from None
         self._state = target
         return reply
 
@@ -145,8 +182,29 @@ class SecAggClient:
             raise RemoteProtocolError(
                 ProtocolReason.BAD_NEIGHBOURS, f"{self._who()}: repeated public keys"
             )
+        creds = [nb.credential.public_key for nb in msg.neighbours] + [self._signing.public]
+        if len(set(creds)) != len(creds):
+            raise RemoteProtocolError(
+                ProtocolReason.DUPLICATE_CREDENTIAL, f"{self._who()}: a credential used twice"
+            )
+        signers: dict[int, ed25519.Ed25519PublicKey] = {}
+        for nb in msg.neighbours:
+            if crypto.is_weak_key(nb.mask_pk) or crypto.is_weak_key(nb.enc_pk):
+                raise RemoteProtocolError(
+                    ProtocolReason.WEAK_KEY, f"{self._who()}: neighbour {nb.cid} has a weak key"
+                )
+            key = self._verifier.public_key(nb.credential)
+            signed = crypto.advertise_bytes(
+                p.round_id, nb.cid, nb.mask_pk, nb.enc_pk, nb.seed_commit
+            )
+            if not verify_signature(key, nb.signature, signed):
+                raise RemoteProtocolError(
+                    ProtocolReason.BAD_SIGNATURE,
+                    f"{self._who()}: keys of neighbour {nb.cid} not signed by its credential",
+                )
+            signers[nb.cid] = key
+        self._signers = signers
         self._neighbours = {nb.cid: (nb.mask_pk, nb.enc_pk) for nb in msg.neighbours}
-        self._seed = self._rng.token_bytes(32)
         xs = [i + 1 for i in ids]
         seed_shares = shamir.split(self._seed, xs, p.t, self._rng)
         key_shares = shamir.split(crypto.private_bytes(self._mask_sk), xs, p.t, self._rng)
@@ -194,6 +252,31 @@ class SecAggClient:
             round_id=p.round_id, sender=self.cid, bits=p.bits, dim=p.dim, data=masked.tobytes()
         )
 
+    def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
+        p = self.params
+        survivors = self._survivor_set(msg.survivors)
+        self._signed = survivors
+        signature = self._signing.sign(crypto.survivor_set_bytes(p.round_id, survivors))
+        return ConsistencySignature(round_id=p.round_id, sender=self.cid, signature=signature)
+
+    def _survivor_set(self, ids: tuple[int, ...]) -> tuple[int, ...]:
+        p = self.params
+        if len(set(ids)) != len(ids) or any(not 0 <= i < p.n for i in ids):
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_UNMASK_REQUEST,
+                f"{self._who()}: survivor ids repeat or lie outside 0..{p.n - 1}",
+            )
+        if self.cid not in ids:
+            raise RemoteProtocolError(
+                ProtocolReason.NOT_SURVIVOR, f"{self._who()}: not listed as a survivor"
+            )
+        if len(ids) < p.min_clients:
+            raise RemoteProtocolError(
+                ProtocolReason.TOO_FEW_SURVIVORS,
+                f"{self._who()}: {len(ids)} survivors < min {p.min_clients}",
+            )
+        return tuple(sorted(ids))
+
     def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
         p = self.params
         survivors, dropped = set(msg.survivors), set(msg.dropped)
@@ -202,14 +285,38 @@ class SecAggClient:
                 ProtocolReason.BOTH_SETS,
                 f"{self._who()}: clients {sorted(survivors & dropped)[:5]} listed as both survivor and dropped",
             )
-        if self.cid not in survivors:
+        if self._survivor_set(msg.survivors) != self._signed:
             raise RemoteProtocolError(
-                ProtocolReason.NOT_SURVIVOR, f"{self._who()}: not listed as a survivor"
+                ProtocolReason.BAD_UNMASK_REQUEST,
+                f"{self._who()}: survivor set differs from the one this client signed",
             )
-        if len(survivors) < p.min_clients:
+        held = set(self._held)
+        if len(dropped) != len(msg.dropped) or not dropped <= held:
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_UNMASK_REQUEST,
+                f"{self._who()}: dropped clients must be distinct neighbours whose shares it holds",
+            )
+        if not held <= survivors | dropped:
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_UNMASK_REQUEST,
+                f"{self._who()}: {len(held - survivors - dropped)} share owners in neither list",
+            )
+        alive = set(self._neighbours) & survivors
+        if len(alive) < p.t:
             raise RemoteProtocolError(
                 ProtocolReason.TOO_FEW_SURVIVORS,
-                f"{self._who()}: {len(survivors)} survivors < min {p.min_clients}",
+                f"{self._who()}: {len(alive)} surviving neighbours < t={p.t}",
+            )
+        signed = crypto.survivor_set_bytes(p.round_id, msg.survivors)
+        valid = {
+            s.cid
+            for s in msg.signatures
+            if s.cid in alive and verify_signature(self._signers[s.cid], s.signature, signed)
+        }
+        if len(valid) < p.t:
+            raise RemoteProtocolError(
+                ProtocolReason.NOT_SIGNED,
+                f"{self._who()}: {len(valid)} neighbours signed the survivor set < t={p.t}",
             )
         seed_out, key_out = [], []
         for owner in sorted(self._held):
@@ -239,3 +346,4 @@ class SecAggClient:
         """Drop secrets we no longer need (best effort: Python cannot zero memory)."""
         self._held = {}
         self._seed = b""
+        self._signed = None

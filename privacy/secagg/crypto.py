@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -36,6 +36,52 @@ def public_bytes(sk: x25519.X25519PrivateKey) -> bytes:
 
 def private_bytes(sk: x25519.X25519PrivateKey) -> bytes:
     return sk.private_bytes(_RAW, _PRIV, serialization.NoEncryption())
+
+
+# Any fixed valid private key: exchanging with it fails exactly for low-order public keys.
+_PROBE = x25519.X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+
+
+def is_weak_key(pk: bytes) -> bool:
+    """True for public keys whose shared secrets are all-zero (the small-order points of
+    Curve25519 in any encoding) or that are not 32 bytes: such a key would give its
+    "neighbours" masks and share keys that anyone can compute."""
+    try:
+        _PROBE.exchange(x25519.X25519PublicKey.from_public_bytes(pk))
+    except ValueError:
+        return True
+    return False
+
+
+def _digest(*parts: bytes) -> bytes:
+    h = hashes.Hash(hashes.SHA256())
+    for p in parts:
+        h.update(struct.pack(">I", len(p)))
+        h.update(p)
+    return h.finalize()
+
+
+def seed_commitment(round_id: str, cid: int, seed: bytes) -> bytes:
+    """A hash commitment to the self-mask seed (binding; hiding since the seed is 256 random
+    bits), so a rebuilt seed can be checked and a holder who returned a bad share found."""
+    return _digest(b"sotto-secagg|v2|seed-commit", round_id.encode(), b"%d" % cid, seed)
+
+
+def advertise_bytes(
+    round_id: str, cid: int, mask_pk: bytes, enc_pk: bytes, seed_commit: bytes
+) -> bytes:
+    """What a client signs at advertise: its keys, bound to the round and its id."""
+    return _digest(
+        b"sotto-secagg|v2|advertise", round_id.encode(), b"%d" % cid, mask_pk, enc_pk, seed_commit
+    )
+
+
+def survivor_set_bytes(round_id: str, survivors: tuple[int, ...] | list[int]) -> bytes:
+    """What a client signs in the consistency round: the sorted survivor set of the round."""
+    ids = sorted(set(survivors))
+    return _digest(
+        b"sotto-secagg|v2|survivors", round_id.encode(), struct.pack(f">{len(ids)}I", *ids)
+    )
 
 
 def _pair_label(kind: bytes, round_id: str, a: int, b: int) -> bytes:

@@ -13,19 +13,21 @@ server to receive.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from privacy import prg
+from privacy.credential import DeviceCredential
+from privacy.secagg import sizing
 from privacy.wire import ID_PATTERN, Frozen, register_payload
 
-PROTOCOL_VERSION: Literal[1] = 1
+PROTOCOL_VERSION: Literal[2] = 2
 Cid = Annotated[int, Field(ge=0, lt=1 << 31)]
 RoundId = Annotated[str, Field(pattern=ID_PATTERN)]
 Key32 = Annotated[bytes, Field(min_length=32, max_length=32)]
+Sig64 = Annotated[bytes, Field(min_length=64, max_length=64)]
 
 
 class Msg(Frozen):
@@ -35,7 +37,7 @@ class Msg(Frozen):
         frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
     )
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[2] = PROTOCOL_VERSION
     round_id: RoundId
 
     def to_bytes(self) -> bytes:
@@ -52,7 +54,7 @@ class RoundParams(Frozen):
     """
 
     type: Literal["secagg_round"] = "secagg_round"
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[2] = PROTOCOL_VERSION
     round_id: RoundId
     n: Annotated[int, Field(ge=2, le=1 << 20)]
     k: Annotated[int, Field(ge=1)]
@@ -83,57 +85,45 @@ class RoundParams(Frozen):
         *,
         k: int | None = None,
         dropout: float | None = None,
+        corrupt: float = sizing.DEFAULT_CORRUPT,
+        risk: float = sizing.DEFAULT_RISK,
         **kw: int,
     ) -> RoundParams:
-        """Defaults: ``k = min(n-1, 2*ceil(3*log2(n)/2))`` (O(log n), even), ``t = k//2 + 1``.
-
-        With ``dropout`` (the share of clients expected to vanish), ``k`` grows until the
-        chance that some client keeps fewer than ``t`` surviving neighbours is below
-        :data:`ABORT_RISK` (see :func:`degree_for_dropout`)."""
+        """``k`` and ``t`` from :func:`privacy.secagg.sizing.choose`: the smallest degree whose
+        chance that some client aborts (fewer than ``t`` neighbours survive ``dropout``) or is
+        exposed (``2t - k`` of its neighbours collude with the server) is at most ``risk``.
+        An explicit ``k`` keeps that degree and takes the best ``t`` for it."""
+        drop = sizing.DEFAULT_DROPOUT if dropout is None else dropout
         if k is None:
-            k = n - 1 if n <= 32 else 2 * int(np.ceil(1.5 * np.log2(n)))
-            if dropout is not None:
-                k = max(k, degree_for_dropout(n, dropout))
+            s = sizing.choose(n, dropout=drop, corrupt=corrupt, risk=risk)
+            k, t0 = s.k, s.t
+        else:
             k = min(k, n - 1)
-        t = kw.pop("t", k // 2 + 1)
+            t0 = min(
+                range(k // 2 + 1, k + 1),
+                key=lambda t: sizing.failure(n, k, t, dropout=drop, corrupt=corrupt).failure,
+            )
+        t = kw.pop("t", t0)
         min_clients = kw.pop("min_clients", max(t, int(np.ceil(0.5 * n))))
         return cls(round_id=round_id, n=n, k=k, t=t, min_clients=min_clients, dim=dim, bits=bits)
 
 
-ABORT_RISK = 1e-6
-
-
-def _below_threshold(k: int, survive: float) -> float:
-    """P(Binomial(k, survive) < k//2 + 1): one client's neighbourhood falls below t."""
-    t = k // 2 + 1
-    return sum(math.comb(k, i) * survive**i * (1 - survive) ** (k - i) for i in range(t))
-
-
-def degree_for_dropout(n: int, dropout: float, risk: float = ABORT_RISK) -> int:
-    """The smallest even k whose union bound ``n * P(neighbourhood < t)`` is at most ``risk``.
-
-    Why: with k = O(log n) and t = k/2 + 1 (needed so that no server learns both a client's
-    seed and key shares), a dropout rate near 30 % makes some neighbourhood fall below t and
-    the whole round abort. Bell et al. size k from the expected dropout; so do we.
-    """
-    if not 0 <= dropout < 0.5:
-        raise ValueError("dropout must be in [0, 0.5): t > k/2 survivors are needed")
-    k = 2
-    while k < n - 1 and n * _below_threshold(k, 1 - dropout) > risk:
-        k += 2
-    return min(k, n - 1)
-
-
 class AdvertiseKeys(Msg):
-    """Stage 0, client -> server: this round's two X25519 public keys."""
+    """Stage 0, client -> server: this round's two X25519 public keys and a commitment to the
+    self-mask seed, signed with the key of a one-round device credential."""
 
     type: Literal["secagg_advertise"] = "secagg_advertise"
     sender: Cid
     mask_pk: Key32  # agreement key for pairwise masks
     enc_pk: Key32  # agreement key for encrypting shares
+    seed_commit: Key32  # binds the self-mask seed (checked when the server rebuilds it)
+    credential: DeviceCredential
+    signature: Sig64  # by credential.public_key over :func:`crypto.advertise_bytes`
 
 
 class PeerKeys(Frozen):
+    """A neighbour's advertisement as forwarded by the server (verifiable by the recipient)."""
+
     model_config = ConfigDict(
         frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
     )
@@ -141,10 +131,24 @@ class PeerKeys(Frozen):
     cid: Cid
     mask_pk: Key32
     enc_pk: Key32
+    seed_commit: Key32
+    credential: DeviceCredential
+    signature: Sig64
+
+    @classmethod
+    def of(cls, msg: AdvertiseKeys) -> PeerKeys:
+        return cls(
+            cid=msg.sender,
+            mask_pk=msg.mask_pk,
+            enc_pk=msg.enc_pk,
+            seed_commit=msg.seed_commit,
+            credential=msg.credential,
+            signature=msg.signature,
+        )
 
 
 class NeighbourKeys(Msg):
-    """Stage 1, server -> client: the client's neighbours and their public keys."""
+    """Stage 1, server -> client: the client's neighbours and their signed public keys."""
 
     type: Literal["secagg_neighbours"] = "secagg_neighbours"
     to: Cid
@@ -199,17 +203,47 @@ class MaskedInput(Msg):
         return np.frombuffer(self.data, dtype=prg.mask_dtype(self.bits))
 
 
-class UnmaskRequest(Msg):
-    """Stage 3, server -> client: who sent a masked input (survivors) and who did not (dropped).
+class ConsistencyRequest(Msg):
+    """Stage 3, server -> client: the survivor set (clients whose masked input is in the sum),
+    for the client to sign. An honest client signs exactly one set per round."""
 
-    The server asks for self-mask seed shares of survivors and pairwise-key shares of dropped
-    clients; the two sets must be disjoint or the client refuses.
+    type: Literal["secagg_consistency"] = "secagg_consistency"
+    to: Cid
+    survivors: tuple[Cid, ...]
+
+
+class ConsistencySignature(Msg):
+    """Stage 3 reply, client -> server: its signature over the survivor set it was shown."""
+
+    type: Literal["secagg_consistency_sig"] = "secagg_consistency_sig"
+    sender: Cid
+    signature: Sig64
+
+
+class SetSignature(Frozen):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    cid: Cid
+    signature: Sig64
+
+
+class UnmaskRequest(Msg):
+    """Stage 4, server -> client: the signed survivor set, the recipient's dropped neighbours,
+    and its neighbours' signatures on that set.
+
+    The client answers only if the set is the one it signed, at least ``t`` of its neighbours
+    signed the same set, ids are in range, and every neighbour whose shares it holds is in
+    exactly one of the two lists: then no two clients can be shown different sets, and the
+    server gets, per owner, seed shares or key shares, never both.
     """
 
     type: Literal["secagg_unmask"] = "secagg_unmask"
     to: Cid
     survivors: tuple[Cid, ...]
     dropped: tuple[Cid, ...]
+    signatures: tuple[SetSignature, ...] = ()
 
 
 class ShareValue(Frozen):
@@ -222,7 +256,7 @@ class ShareValue(Frozen):
 
 
 class UnmaskResponse(Msg):
-    """Stage 3 reply, client -> server: shares it holds, seed shares XOR key shares per owner."""
+    """Stage 4 reply, client -> server: shares it holds, seed shares XOR key shares per owner."""
 
     type: Literal["secagg_unmask_shares"] = "secagg_unmask_shares"
     sender: Cid
@@ -230,7 +264,9 @@ class UnmaskResponse(Msg):
     key_shares: tuple[ShareValue, ...]
 
 
-ClientToServer = AdvertiseKeys | EncryptedShares | MaskedInput | UnmaskResponse
-ServerToClient = NeighbourKeys | ForwardedShares | UnmaskRequest
+ClientToServer = (
+    AdvertiseKeys | EncryptedShares | MaskedInput | ConsistencySignature | UnmaskResponse
+)
+ServerToClient = NeighbourKeys | ForwardedShares | ConsistencyRequest | UnmaskRequest
 
 register_payload("masked_input", MaskedInput)

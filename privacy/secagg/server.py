@@ -5,13 +5,18 @@ is complete or its deadline passed (the caller owns the clock). ``close_stage`` 
 messages to send, one per recipient, and moves to the next stage, or aborts the round when too
 few clients are left, in which case it raises :class:`RoundAborted` and nothing is released.
 
-Client sets, as in Bonawitz et al.: U1 advertised keys, U2 sent shares, U3 sent a masked
-input, U4 answered the unmask request. The server sums masked inputs as they arrive (memory
+Client sets, as in Bonawitz et al.: U1 advertised keys (with a valid credential, a valid
+signature and keys of full order), U2 sent shares, U3 sent a masked input, U4 signed the
+survivor set U3 (the consistency round), U5 answered the unmask request. The server sums masked inputs as they arrive (memory
 is one vector), and at the end reconstructs, for each survivor in U3, its self-mask seed and,
 for each dropped client in U2 \\ U3, its pairwise-mask key, whose masks with surviving
 neighbours it recomputes and removes. It asks each client for exactly one kind of share per
 owner, and rejects any response that offers the other kind, so it never holds both share sets
-of one client.
+of one client. Each rebuilt secret is checked against what its owner committed to (the
+advertised mask key, the signed seed commitment); when the check fails, the spare shares find
+the holder whose share is wrong, that holder's shares are excluded from every reconstruction
+(``AggregateResult.excluded``), and the round goes on; if no single holder explains it, the
+round aborts, and an aborted round is never charged to the privacy ledger.
 
 A bad client message raises :class:`RemoteProtocolError` naming the client and stage and
 leaves the server state unchanged (the caller dead-letters the message; one faulty device
@@ -20,12 +25,14 @@ cannot stop a round). Calling a method out of order raises :class:`LocalProtocol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from privacy import prg, shamir
+from privacy.credential import CredentialVerifier, verify_signature
 from privacy.errors import LocalProtocolError, ProtocolError, ProtocolReason, RemoteProtocolError
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
 from privacy.secagg import crypto
@@ -33,6 +40,8 @@ from privacy.secagg.graph import neighbour_graph
 from privacy.secagg.messages import (
     AdvertiseKeys,
     ClientToServer,
+    ConsistencyRequest,
+    ConsistencySignature,
     EncryptedShares,
     ForwardedShares,
     MaskedInput,
@@ -40,10 +49,13 @@ from privacy.secagg.messages import (
     PeerKeys,
     RoundParams,
     SealedShare,
+    SetSignature,
     UnmaskRequest,
     UnmaskResponse,
 )
 from privacy.secagg.states import Role, ServerState, next_state
+
+ServerMessage = NeighbourKeys | ForwardedShares | ConsistencyRequest | UnmaskRequest
 
 
 class RoundAborted(ProtocolError):
@@ -64,17 +76,28 @@ class AggregateResult:
     bits: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    excluded: tuple[int, ...] = ()  # holders whose unmask shares were found wrong
 
 
 class SecAggServer:
     """The server side of one SecAgg+ round."""
 
-    def __init__(self, params: RoundParams, rng: Randomness = DEFAULT_RANDOMNESS) -> None:
+    def __init__(
+        self,
+        params: RoundParams,
+        rng: Randomness = DEFAULT_RANDOMNESS,
+        *,
+        verifier: CredentialVerifier,
+    ) -> None:
         self.params = params
         self._rng = rng
+        self._verifier = verifier
         self._state: str = ServerState.COLLECT_KEYS
         self._dtype = prg.mask_dtype(params.bits)
         self._keys: dict[int, tuple[bytes, bytes]] = {}  # U1: cid -> (mask_pk, enc_pk)
+        self._adverts: dict[int, AdvertiseKeys] = {}
+        self._signers: dict[int, ed25519.Ed25519PublicKey] = {}  # cid -> credential key
+        self._credentials: set[bytes] = set()
         self._graph: dict[int, frozenset[int]] = {}
         self._shares: dict[int, tuple[SealedShare, ...]] = {}  # U2: sender -> sealed shares
         self._u2: frozenset[int] = frozenset()
@@ -84,7 +107,10 @@ class SecAggServer:
         self._dropped: frozenset[int] = frozenset()
         self._seed_shares: dict[int, list[shamir.Share]] = {}
         self._key_shares: dict[int, list[shamir.Share]] = {}
-        self._answered: set[int] = set()  # U4
+        self._set_sigs: dict[int, bytes] = {}  # U4: signer -> signature over U3
+        self._asked: frozenset[int] = frozenset()  # who got an unmask request
+        self._answered: set[int] = set()  # U5
+        self._cheaters: set[int] = set()
         self._result: AggregateResult | None = None
 
     @property
@@ -126,13 +152,32 @@ class SecAggServer:
             self._on_shares(msg, who)
         elif isinstance(msg, MaskedInput):
             self._on_masked(msg, who)
+        elif isinstance(msg, ConsistencySignature):
+            self._on_signature(msg, who)
         elif isinstance(msg, UnmaskResponse):
             self._on_unmask(msg, who)
 
     def _on_advertise(self, msg: AdvertiseKeys, who: str) -> None:
         if msg.sender in self._keys:
             raise RemoteProtocolError(ProtocolReason.REPLAY, f"{who}: keys already advertised")
+        if crypto.is_weak_key(msg.mask_pk) or crypto.is_weak_key(msg.enc_pk):
+            raise RemoteProtocolError(ProtocolReason.WEAK_KEY, f"{who}: a low-order public key")
+        key = self._verifier.public_key(msg.credential)
+        signed = crypto.advertise_bytes(
+            msg.round_id, msg.sender, msg.mask_pk, msg.enc_pk, msg.seed_commit
+        )
+        if not verify_signature(key, msg.signature, signed):
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_SIGNATURE, f"{who}: keys not signed by its credential"
+            )
+        if msg.credential.public_key in self._credentials:
+            raise RemoteProtocolError(
+                ProtocolReason.DUPLICATE_CREDENTIAL, f"{who}: credential already used this round"
+            )
+        self._credentials.add(msg.credential.public_key)
         self._keys[msg.sender] = (msg.mask_pk, msg.enc_pk)
+        self._adverts[msg.sender] = msg
+        self._signers[msg.sender] = key
 
     def _on_shares(self, msg: EncryptedShares, who: str) -> None:
         if msg.sender not in self._graph:
@@ -160,9 +205,21 @@ class SecAggServer:
         self._sum += msg.vector()
         self._masked_from.add(msg.sender)
 
+    def _on_signature(self, msg: ConsistencySignature, who: str) -> None:
+        if msg.sender not in self._u3:
+            raise RemoteProtocolError(ProtocolReason.NOT_IN_ROUND, f"{who}: not a survivor")
+        if msg.sender in self._set_sigs:
+            raise RemoteProtocolError(ProtocolReason.REPLAY, f"{who}: already signed")
+        signed = crypto.survivor_set_bytes(self.params.round_id, sorted(self._u3))
+        if not verify_signature(self._signers[msg.sender], msg.signature, signed):
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_SIGNATURE, f"{who}: signature over the survivor set invalid"
+            )
+        self._set_sigs[msg.sender] = msg.signature
+
     def _on_unmask(self, msg: UnmaskResponse, who: str) -> None:
         j = msg.sender
-        if j not in self._u3:
+        if j not in self._asked:
             raise RemoteProtocolError(
                 ProtocolReason.NOT_IN_ROUND, f"{who}: was not asked to unmask"
             )
@@ -198,7 +255,7 @@ class SecAggServer:
 
     # -- closing stages --------------------------------------------------------------------
 
-    def close_stage(self) -> list[NeighbourKeys | ForwardedShares | UnmaskRequest]:
+    def close_stage(self) -> list[ServerMessage]:
         """End the current collection stage; returns the next stage's messages (maybe none)."""
         stage = self._state
         target = next_state(Role.SERVER, stage, "close", f"server (round {self.params.round_id})")
@@ -209,6 +266,8 @@ class SecAggServer:
                 out = self._close_shares()
             elif stage == ServerState.COLLECT_MASKED:
                 out = self._close_masked()
+            elif stage == ServerState.COLLECT_SIGNATURES:
+                out = self._close_signatures()
             else:
                 self._result = self._unmask()
                 out = []
@@ -243,6 +302,7 @@ class SecAggServer:
             bad = sorted(c for c, pair in self._keys.items() if set(pair) & dup)
             for c in bad:
                 del self._keys[c]
+                del self._adverts[c]
             u1 = sorted(self._keys)
             self._need(len(u1), "collect_keys", "clients with unique keys")
         k = min(p.k, len(u1) - 1)
@@ -257,10 +317,7 @@ class SecAggServer:
             NeighbourKeys(
                 round_id=p.round_id,
                 to=c,
-                neighbours=tuple(
-                    PeerKeys(cid=j, mask_pk=self._keys[j][0], enc_pk=self._keys[j][1])
-                    for j in sorted(self._graph[c])
-                ),
+                neighbours=tuple(PeerKeys.of(self._adverts[j]) for j in sorted(self._graph[c])),
             )
             for c in u1
         ]
@@ -288,33 +345,63 @@ class SecAggServer:
             for c, got in sorted(inbox.items())
         ]
 
-    def _close_masked(self) -> list[UnmaskRequest]:
+    def _close_masked(self) -> list[ConsistencyRequest]:
         p = self.params
         self._u3 = frozenset(self._masked_from)
         self._dropped = self._u2 - self._u3
         self._need(len(self._u3), "collect_masked", "masked inputs")
-        survivors, dropped = tuple(sorted(self._u3)), tuple(sorted(self._dropped))
-        assert not set(survivors) & set(dropped)  # by construction; clients check it too
+        survivors = tuple(sorted(self._u3))
         return [
-            UnmaskRequest(round_id=p.round_id, to=c, survivors=survivors, dropped=dropped)
-            for c in survivors
+            ConsistencyRequest(round_id=p.round_id, to=c, survivors=survivors) for c in survivors
         ]
+
+    def _close_signatures(self) -> list[UnmaskRequest]:
+        """Ask every signer to unmask, with its neighbours' signatures on the survivor set."""
+        p = self.params
+        signers = frozenset(self._set_sigs)
+        survivors = tuple(sorted(self._u3))
+        out = []
+        for c in sorted(signers):
+            nbrs = self._graph[c]
+            sigs = tuple(
+                SetSignature(cid=j, signature=self._set_sigs[j]) for j in sorted(nbrs & signers)
+            )
+            if len(sigs) < p.t:
+                continue  # it would refuse: fewer than t of its neighbours signed
+            out.append(
+                UnmaskRequest(
+                    round_id=p.round_id,
+                    to=c,
+                    survivors=survivors,
+                    dropped=tuple(sorted(self._dropped & nbrs)),
+                    signatures=sigs,
+                )
+            )
+        self._asked = frozenset(m.to for m in out)
+        self._need(len(self._asked), "collect_signatures", "signers with t signing neighbours")
+        return out
 
     def _unmask(self) -> AggregateResult:
         p = self.params
         mod = self._dtype.type((1 << p.bits) - 1)
         total = self._sum.copy()
         self._need(len(self._answered), "collect_unmask", "clients answered the unmask request")
+        adverts = self._adverts
+
+        def seed_ok(owner: int) -> Callable[[bytes], bool]:
+            commit = adverts[owner].seed_commit
+            return lambda s: crypto.seed_commitment(p.round_id, owner, s) == commit
+
+        def key_ok(owner: int) -> Callable[[bytes], bool]:
+            pk = self._keys[owner][0]
+            return lambda s: _public_of(s) == pk
+
         for i in sorted(self._u3):
-            seed = self._reconstruct(i, self._seed_shares.get(i, []), "self-mask seed")
+            seed = self._reconstruct(i, self._seed_shares.get(i, []), "self-mask seed", seed_ok(i))
             total -= crypto.self_mask(seed, p.round_id, p.dim, p.bits)
         for i in sorted(self._dropped):
-            raw = self._reconstruct(i, self._key_shares.get(i, []), "pairwise key")
+            raw = self._reconstruct(i, self._key_shares.get(i, []), "pairwise key", key_ok(i))
             sk = x25519.X25519PrivateKey.from_private_bytes(raw)
-            if crypto.public_bytes(sk) != self._keys[i][0]:
-                raise RoundAborted(
-                    p.round_id, "collect_unmask", f"client {i}: shares do not match its key"
-                )
             for j in sorted(self._graph[i] & self._u3):
                 mask = crypto.pair_mask(
                     crypto.pair_seed(sk, self._keys[j][0], p.round_id, i, j), p.dim, p.bits
@@ -325,26 +412,61 @@ class SecAggServer:
                     total += mask
         total &= mod
         result = AggregateResult(
-            total, p.bits, tuple(sorted(self._u3)), tuple(sorted(self._dropped))
+            total,
+            p.bits,
+            tuple(sorted(self._u3)),
+            tuple(sorted(self._dropped)),
+            tuple(sorted(self._cheaters)),
         )
         self._wipe()
         return result
 
-    def _reconstruct(self, owner: int, shares: list[shamir.Share], what: str) -> bytes:
+    def _reconstruct(
+        self, owner: int, shares: list[shamir.Share], what: str, check: Callable[[bytes], bool]
+    ) -> bytes:
+        """Rebuild from ``t`` shares and check it against the owner's commitment; on a mismatch
+        leave out one of the used shares at a time (a spare takes its place): the one whose
+        absence fixes it came from a cheating holder, who is excluded from then on."""
         p = self.params
-        if len(shares) < p.t:
+        usable = [s for s in shares if s.x - 1 not in self._cheaters]
+        if len(usable) < p.t:
             raise RoundAborted(
                 p.round_id,
                 "collect_unmask",
-                f"client {owner}: {len(shares)} {what} shares < t={p.t}",
+                f"client {owner}: {len(usable)} {what} shares < t={p.t}",
             )
-        try:
-            return shamir.combine(shares, p.t)
-        except ValueError:
-            raise RoundAborted(
-                p.round_id, "collect_unmask", f"client {owner}: inconsistent {what} shares"
-            ) from None
+        secret = _combine_checked(usable[: p.t], p.t, check)
+        if secret is not None:
+            return secret
+        for suspect in usable[: p.t]:
+            rest = [s for s in usable if s is not suspect]
+            if len(rest) < p.t:
+                break
+            secret = _combine_checked(rest[: p.t], p.t, check)
+            if secret is not None:
+                self._cheaters.add(suspect.x - 1)
+                return secret
+        raise RoundAborted(
+            p.round_id,
+            "collect_unmask",
+            f"client {owner}: {what} shares do not match its commitment "
+            "(no single holder explains it)",
+        )
 
     def _wipe(self) -> None:
         self._seed_shares = {}
         self._key_shares = {}
+
+
+def _public_of(raw: bytes) -> bytes:
+    return crypto.public_bytes(x25519.X25519PrivateKey.from_private_bytes(raw))
+
+
+def _combine_checked(
+    shares: list[shamir.Share], t: int, check: Callable[[bytes], bool]
+) -> bytes | None:
+    try:
+        secret = shamir.combine(shares, t)
+    except ValueError:
+        return None
+    return secret if check(secret) else None

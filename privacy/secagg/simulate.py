@@ -4,6 +4,10 @@ The Kafka round coordinator does the same thing with topics in between: start ev
 route each client message to ``server.receive``, call ``server.close_stage()`` when a stage
 is done, deliver each returned message to the client it is addressed to, and so on.
 ``drop`` says which clients vanish before answering which stage.
+
+Devices need credentials from an issuer the server and every client trust; without
+``issuer``/``verifier`` the round makes a throwaway issuer from ``rng`` (a simulation: the
+issuer's key never leaves this call).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from privacy.credential import CredentialIssuer, CredentialVerifier, IssuerVerifier
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.messages import RoundParams
 from privacy.secagg.server import AggregateResult, SecAggServer
 
-STAGES = ("advertise", "shares", "masked", "unmask")
+STAGES = ("advertise", "shares", "masked", "consistency", "unmask")
+PREVIOUS = dict(zip(STAGES[1:], STAGES[:-1], strict=True))
 
 
 @dataclass
@@ -39,6 +45,8 @@ def run_round(
     rng: Randomness = DEFAULT_RANDOMNESS,
     client_rngs: Mapping[int, Randomness] | None = None,
     stats: RoundCost | None = None,
+    issuer: CredentialIssuer | None = None,
+    verifier: CredentialVerifier | None = None,
 ) -> AggregateResult:
     """Run a full round; raises :class:`~privacy.secagg.server.RoundAborted` if it aborts.
 
@@ -48,10 +56,16 @@ def run_round(
     drop = drop or {}
     st = stats if stats is not None else RoundCost()
     tick = time.perf_counter
-    clients = {
-        c: SecAggClient(params, c, v, (client_rngs or {}).get(c, rng)) for c, v in vectors.items()
-    }
-    server = SecAggServer(params, rng)
+    if issuer is None:
+        issuer = CredentialIssuer.generate("sim", "sim-issuer", rng)
+    if verifier is None:
+        verifier = IssuerVerifier(issuer.region, {issuer.key_id: issuer.public_key}, valid_at=0)
+    clients = {}
+    for c, v in vectors.items():
+        crng = (client_rngs or {}).get(c, rng)
+        identity = issuer.issue(not_after=1 << 40, rng=crng)
+        clients[c] = SecAggClient(params, c, v, crng, identity=identity, verifier=verifier)
+    server = SecAggServer(params, rng, verifier=verifier)
     gone: set[int] = set()
 
     def client_step(c: int, stage: str, fn):  # type: ignore[no-untyped-def]
@@ -73,9 +87,8 @@ def run_round(
     for c, cl in clients.items():
         if c not in gone:
             client_step(c, "advertise", cl.start)
-    for stage in ("shares", "masked", "unmask"):
-        prev = {"shares": "advertise", "masked": "shares", "unmask": "masked"}[stage]
-        out = closing(prev)
+    for stage in STAGES[1:]:
+        out = closing(PREVIOUS[stage])
         gone |= drop.get(stage, set())
         for m in out:
             if m.to not in gone:

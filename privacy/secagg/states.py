@@ -27,7 +27,8 @@ class ClientState(StrEnum):
     IDLE = "idle"
     ADVERTISED = "advertised"  # sent public keys, waits for neighbours
     SHARED = "shared"  # sent sealed shares, waits for forwarded shares
-    MASKED = "masked"  # sent masked input, waits for the unmask request
+    MASKED = "masked"  # sent masked input, waits for the survivor set to sign
+    SIGNED = "signed"  # signed one survivor set, waits for the unmask request
     DONE = "done"  # answered the unmask request; will answer nothing more
     ABORTED = "aborted"  # refused to continue (server misbehaved or round aborted)
 
@@ -36,6 +37,7 @@ class ServerState(StrEnum):
     COLLECT_KEYS = "collect_keys"
     COLLECT_SHARES = "collect_shares"
     COLLECT_MASKED = "collect_masked"
+    COLLECT_SIGNATURES = "collect_signatures"
     COLLECT_UNMASK = "collect_unmask"
     DONE = "done"
     ABORTED = "aborted"
@@ -48,20 +50,29 @@ TRANSITIONS: dict[tuple[Role, str, str], ClientState | ServerState] = {
     (C, CS.IDLE, "start"): CS.ADVERTISED,
     (C, CS.ADVERTISED, "secagg_neighbours"): CS.SHARED,
     (C, CS.SHARED, "secagg_forward"): CS.MASKED,
-    (C, CS.MASKED, "secagg_unmask"): CS.DONE,
+    (C, CS.MASKED, "secagg_consistency"): CS.SIGNED,
+    (C, CS.SIGNED, "secagg_unmask"): CS.DONE,
     (S, SS.COLLECT_KEYS, "secagg_advertise"): SS.COLLECT_KEYS,
     (S, SS.COLLECT_KEYS, "close"): SS.COLLECT_SHARES,
     (S, SS.COLLECT_SHARES, "secagg_shares"): SS.COLLECT_SHARES,
     (S, SS.COLLECT_SHARES, "close"): SS.COLLECT_MASKED,
     (S, SS.COLLECT_MASKED, "masked_input"): SS.COLLECT_MASKED,
-    (S, SS.COLLECT_MASKED, "close"): SS.COLLECT_UNMASK,
+    (S, SS.COLLECT_MASKED, "close"): SS.COLLECT_SIGNATURES,
+    (S, SS.COLLECT_SIGNATURES, "secagg_consistency_sig"): SS.COLLECT_SIGNATURES,
+    (S, SS.COLLECT_SIGNATURES, "close"): SS.COLLECT_UNMASK,
     (S, SS.COLLECT_UNMASK, "secagg_unmask_shares"): SS.COLLECT_UNMASK,
     (S, SS.COLLECT_UNMASK, "close"): SS.DONE,
 }
 _s: ClientState | ServerState
-for _s in (CS.IDLE, CS.ADVERTISED, CS.SHARED, CS.MASKED):
+for _s in (CS.IDLE, CS.ADVERTISED, CS.SHARED, CS.MASKED, CS.SIGNED):
     TRANSITIONS[(C, _s, "abort")] = CS.ABORTED
-for _s in (SS.COLLECT_KEYS, SS.COLLECT_SHARES, SS.COLLECT_MASKED, SS.COLLECT_UNMASK):
+for _s in (
+    SS.COLLECT_KEYS,
+    SS.COLLECT_SHARES,
+    SS.COLLECT_MASKED,
+    SS.COLLECT_SIGNATURES,
+    SS.COLLECT_UNMASK,
+):
     TRANSITIONS[(S, _s, "abort")] = SS.ABORTED
 
 LOCAL_EVENTS = frozenset({"start", "close", "abort"})

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from privacy import quantize
+from privacy.credential import CredentialIssuer, IssuerVerifier
+from privacy.rand import Randomness, SeededRandomness
+from privacy.secagg.client import SecAggClient
 from privacy.secagg.messages import RoundParams
+from privacy.secagg.server import SecAggServer
 
 
 def make_inputs(
@@ -17,3 +21,18 @@ def make_inputs(
     per = max(1, bound // params.n)
     raw = {c: data.integers(-per, per, params.dim) for c in range(params.n)}
     return raw, {c: quantize.encode(v, params.bits) for c, v in raw.items()}
+
+
+# One credential issuer for the privacy tests (its key comes from a seeded DRBG: test only).
+ISSUER = CredentialIssuer.generate("sim", "test-issuer", SeededRandomness.from_int(99))
+VERIFIER = IssuerVerifier("sim", {ISSUER.key_id: ISSUER.public_key}, valid_at=1_000)
+
+
+def make_client(params: RoundParams, cid: int, vector: np.ndarray, rng: Randomness) -> SecAggClient:
+    """A client with a fresh one-round credential from :data:`ISSUER`."""
+    identity = ISSUER.issue(not_after=1 << 40, rng=rng)
+    return SecAggClient(params, cid, vector, rng, identity=identity, verifier=VERIFIER)
+
+
+def make_server(params: RoundParams, rng: Randomness) -> SecAggServer:
+    return SecAggServer(params, rng, verifier=VERIFIER)

@@ -10,7 +10,6 @@ from privacy.keys import KeyEntry, KeyStatus, PrivateKey
 from privacy.rand import SeededRandomness
 from privacy.round import client_input, plan_round, release
 from privacy.secagg import crypto
-from privacy.secagg.client import SecAggClient
 from privacy.secagg.messages import (
     AdvertiseKeys,
     ForwardedShares,
@@ -20,11 +19,11 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from privacy.secagg.server import RoundAborted, SecAggServer
+from privacy.secagg.server import RoundAborted
 from privacy.secagg.simulate import STAGES, run_round
 from privacy.secagg.states import TRANSITIONS, ClientState, Role, ServerState
 
-from .helpers import make_inputs
+from .helpers import make_client, make_inputs, make_server
 
 PLUS = RoundParams(round_id="plus", n=30, k=20, t=11, min_clients=15, dim=64, bits=20)
 CLASSIC = RoundParams(round_id="classic", n=12, k=11, t=7, min_clients=7, dim=64, bits=16)
@@ -74,14 +73,13 @@ def test_too_few_share_holders_at_unmask_aborts_and_releases_nothing() -> None:
     params = PLUS
     _, enc = make_inputs(params)
     rng = SeededRandomness.from_int(2)
-    server = SecAggServer(params, rng)
-    clients = {c: SecAggClient(params, c, enc[c], rng) for c in range(params.n)}
+    server = make_server(params, rng)
+    clients = {c: make_client(params, c, enc[c], rng) for c in range(params.n)}
     for cl in clients.values():
         server.receive(cl.start())
-    for m in server.close_stage():
-        server.receive(clients[m.to].receive(m))
-    for m in server.close_stage():
-        server.receive(clients[m.to].receive(m))
+    for _ in range(3):  # neighbours, forwarded shares, consistency
+        for m in server.close_stage():
+            server.receive(clients[m.to].receive(m))
     requests = server.close_stage()
     for m in requests[: params.min_clients]:
         server.receive(clients[m.to].receive(m))
@@ -93,8 +91,8 @@ def test_too_few_share_holders_at_unmask_aborts_and_releases_nothing() -> None:
 
 
 def _run_to_unmask(params: RoundParams, enc, rng, drop_masked: set[int] = frozenset()):
-    server = SecAggServer(params, rng)
-    clients = {c: SecAggClient(params, c, enc[c], rng) for c in range(params.n)}
+    server = make_server(params, rng)
+    clients = {c: make_client(params, c, enc[c], rng) for c in range(params.n)}
     for cl in clients.values():
         server.receive(cl.start())
     for m in server.close_stage():
@@ -104,6 +102,8 @@ def _run_to_unmask(params: RoundParams, enc, rng, drop_masked: set[int] = frozen
         if m.to not in drop_masked:
             masked[m.to] = clients[m.to].receive(m)
             server.receive(masked[m.to])
+    for m in server.close_stage():  # the consistency round: every survivor signs U3
+        server.receive(clients[m.to].receive(m))
     return server, clients, masked, server.close_stage()
 
 
@@ -165,8 +165,8 @@ def test_masked_inputs_look_uniform() -> None:
 def _fresh(params=CLASSIC, seed=5):
     raw, enc = make_inputs(params)
     rng = SeededRandomness.from_int(seed)
-    return SecAggServer(params, rng), {
-        c: SecAggClient(params, c, enc[c], rng) for c in range(params.n)
+    return make_server(params, rng), {
+        c: make_client(params, c, enc[c], rng) for c in range(params.n)
     }
 
 
@@ -211,9 +211,9 @@ def test_replayed_and_out_of_order_server_messages_are_rejected() -> None:
     assert cl.state == ClientState.SHARED
     for r in replies.values():
         server.receive(r)
-    forwards = server.close_stage()
-    for m in forwards:
-        server.receive(clients[m.to].receive(m))
+    for _ in range(2):  # forwarded shares, then the consistency round
+        for m in server.close_stage():
+            server.receive(clients[m.to].receive(m))
     requests = server.close_stage()
     first = clients[requests[0].to]
     first.receive(requests[0])
@@ -230,10 +230,9 @@ def test_client_refuses_a_client_listed_as_both_survivor_and_dropped() -> None:
     server, clients = _fresh()
     for cl in clients.values():
         server.receive(cl.start())
-    for m in server.close_stage():
-        server.receive(clients[m.to].receive(m))
-    for m in server.close_stage():
-        server.receive(clients[m.to].receive(m))
+    for _ in range(3):
+        for m in server.close_stage():
+            server.receive(clients[m.to].receive(m))
     honest = server.close_stage()[0]
     evil = honest.model_copy(update={"dropped": (honest.survivors[-1],)})
     cl = clients[evil.to]
@@ -250,7 +249,8 @@ def test_client_refuses_to_unmask_when_too_few_survivors_or_itself_dropped() -> 
         CLASSIC, make_inputs(CLASSIC)[1], SeededRandomness.from_int(6)
     )
     req = requests[0]
-    few = req.model_copy(update={"survivors": req.survivors[: CLASSIC.min_clients - 1] + (req.to,)})
+    others = tuple(c for c in req.survivors if c != req.to)
+    few = req.model_copy(update={"survivors": others[: CLASSIC.min_clients - 2] + (req.to,)})
     with pytest.raises(RemoteProtocolError, match="too_few_survivors"):
         clients[req.to].receive(few)
     req = requests[1]
@@ -301,11 +301,17 @@ def test_tampered_share_ciphertext_aborts_the_recipient() -> None:
 
 def test_transition_table_drives_a_full_round_in_order() -> None:
     client_path = [ClientState.IDLE]
-    for event in ("start", "secagg_neighbours", "secagg_forward", "secagg_unmask"):
+    for event in (
+        "start",
+        "secagg_neighbours",
+        "secagg_forward",
+        "secagg_consistency",
+        "secagg_unmask",
+    ):
         client_path.append(TRANSITIONS[(Role.CLIENT, client_path[-1], event)])
     assert client_path[-1] == ClientState.DONE
     server_path = [ServerState.COLLECT_KEYS]
-    for _ in range(4):
+    for _ in range(5):
         server_path.append(TRANSITIONS[(Role.SERVER, server_path[-1], "close")])
     assert server_path[-1] == ServerState.DONE
     # nothing leaves a terminal state
@@ -373,7 +379,7 @@ def test_reprs_and_errors_do_not_leak_secrets() -> None:
 
 
 def test_stages_constant_matches_simulator() -> None:
-    assert STAGES == ("advertise", "shares", "masked", "unmask")
+    assert STAGES == ("advertise", "shares", "masked", "consistency", "unmask")
 
 
 def test_end_to_end_dp_round_releases_the_noisy_sum() -> None:
