@@ -103,6 +103,7 @@ class RegionLoop:
             self.region,
             self.settings.ingest,
             budget=Budget(epsilon=self.config.budget_epsilon, delta=self.config.budget_delta),
+            rounds=self.settings.rounds,  # its coordinator lease; rounds use the demo flags
         )
         self.learner = LearnerApp(
             self.settings.policy,

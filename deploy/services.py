@@ -83,15 +83,25 @@ def run_round_service(
 
     configure_logging(settings.log_level, settings.log_json)
     stop = threading.Event()
-    with RoundService(settings.policy, region, settings.ingest, budget=budget) as service:
-        gauges = lambda: region_gauges(service.app.engine, region)  # noqa: E731
+    with RoundService(
+        settings.policy, region, settings.ingest, budget=budget, rounds=settings.rounds
+    ) as service:
+
+        def gauges() -> list[tuple[str, str, dict[str, str], float]]:
+            active = float(service.coordinator.lease.held)  # 0: standby
+            help_text = "1 while this replica holds the region's coordinator lease"
+            return [
+                *region_gauges(service.app.engine, region),
+                ("sotto_coordinator_active", help_text, {}, active),
+            ]
+
         with _metrics(
             metrics_port,
             "ingest",
             region,
             service.app.stats.as_dict,
             gauges,
-            service.app.health,
+            service.health,
             settings.ingest.metrics_host,
         ):
             for sig in (signal.SIGTERM, signal.SIGINT):

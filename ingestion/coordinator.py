@@ -20,6 +20,14 @@ and the in-memory :class:`~ingestion.round_state.LiveRound` is only a cache: aft
 What the coordinator can see: public keys, sealed shares it cannot open, masked vectors, the
 shares it asks for, and the unmasked cohort sum, which it releases only with DP noise.
 It never logs message bodies.
+
+One coordinator per region at a time: every replica of the round service has one, and only
+the holder of the region's lease (:mod:`ingestion.coordinator_lease`) ticks; the others stand
+by and take over when it stops renewing. A lease can run out under a paused holder, so each
+stage transition is also fenced in its own transaction: it bumps the round's ``version`` only
+from the version its cached state was loaded at, and checks the lease epoch. Either refusal
+rolls the whole transaction back (no outbox row, audit row, ledger charge or release) and
+drops the cache, which the next tick rebuilds from the database.
 """
 
 from __future__ import annotations
@@ -32,10 +40,12 @@ from typing import Any
 import structlog
 from kafka import KafkaProducer
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from backend.storage import reading
 from ingestion import audit, ledger_store, round_outbox
 from ingestion.audit import AuditEvent
+from ingestion.coordinator_lease import CoordinatorFenced, CoordinatorLease, default_holder
 from ingestion.round_open import OpenResult, RoundSpec, event, open_round
 from ingestion.round_state import LiveRound
 from ingestion.rounds_db import ACTIVE, round_messages, round_releases, rounds
@@ -50,6 +60,8 @@ from privacy.secagg import RoundAborted
 from privacy.wire import ReleasedAggregate, utcnow
 
 log = structlog.get_logger(__name__)
+
+OPEN_ATTEMPTS = 3  # an open that lost a race on a key is retried on a fresh snapshot
 
 
 class RoundCoordinator:
@@ -72,6 +84,12 @@ class RoundCoordinator:
         Ingestion's envelope limit: rounds whose masked input would not fit are refused.
     randomness
         Participant sampling and graph seeds (OS CSPRNG by default).
+    lease_s
+        Seconds the region's coordinator lease lasts unless renewed (``rounds.lease_s``): how
+        long a standby waits after the active coordinator stopped.
+    holder
+        This coordinator's name in the lease (``rounds.coordinator_id``); unique per replica.
+        Default ``<hostname>:<pid>``.
     """
 
     def __init__(
@@ -84,6 +102,8 @@ class RoundCoordinator:
         allow_unnoised: bool = False,
         max_envelope_bytes: int = 64 * 1024,
         randomness: Randomness = DEFAULT_RANDOMNESS,
+        lease_s: float = 20.0,
+        holder: str | None = None,
     ) -> None:
         self.engine = engine
         self.producer = producer
@@ -94,7 +114,9 @@ class RoundCoordinator:
         self.allow_unnoised = allow_unnoised
         self.max_envelope_bytes = max_envelope_bytes
         self.randomness = randomness
+        self.lease = CoordinatorLease(self.region, holder or default_holder(), lease_s)
         self._live: dict[str, LiveRound] = {}
+        self._versions: dict[str, int] = {}  # round_id -> rounds.version its cache is at
         self._log = log.bind(region=self.region)
 
     def __repr__(self) -> str:
@@ -110,23 +132,36 @@ class RoundCoordinator:
         adapter_plan: AdapterPlan | None = None,
         now: datetime | None = None,
     ) -> OpenResult:
-        """Plan, budget-check and announce a round (see :mod:`ingestion.round_open`)."""
+        """Plan, budget-check and announce a round (see :mod:`ingestion.round_open`).
+
+        Any coordinator may open rounds, lease or not. Two opening the same cohort's next
+        round at once race on the ``(region, cohort, round)`` key: one commits, the other's
+        whole transaction fails (on SQLite they simply queue) and is retried on a fresh
+        snapshot, so it is numbered after the winner's and its budget check and sampling see
+        the winner's round. Concurrent opens thus end like sequential ones."""
         now = now or utcnow()
-        with self.engine.begin() as conn:
-            result = open_round(
-                conn,
-                region=self.region,
-                cohort=cohort,
-                spec=spec,
-                rounds_topic=self.config.t.rounds,
-                budget=self.budget,
-                now=now,
-                rng=self.randomness,
-                allow_unnoised=self.allow_unnoised,
-                max_envelope_bytes=self.max_envelope_bytes,
-                participants=participants,
-                adapter_plan=adapter_plan,
-            )
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                with self.engine.begin() as conn:
+                    result = open_round(
+                        conn,
+                        region=self.region,
+                        cohort=cohort,
+                        spec=spec,
+                        rounds_topic=self.config.t.rounds,
+                        budget=self.budget,
+                        now=now,
+                        rng=self.randomness,
+                        allow_unnoised=self.allow_unnoised,
+                        max_envelope_bytes=self.max_envelope_bytes,
+                        participants=participants,
+                        adapter_plan=adapter_plan,
+                    )
+                break
+            except IntegrityError:  # the round key, or the audit chain head another writer took
+                if attempt == OPEN_ATTEMPTS:
+                    raise
+                self._log.info("round_open_raced", cohort=cohort, attempt=attempt)
         self._log.info(
             "round_" + result.status,
             round_id=result.round_id,
@@ -138,32 +173,63 @@ class RoundCoordinator:
 
     # -- driving --------------------------------------------------------------------------
     def tick(self, now: datetime | None = None, *, allow_deadline: bool = True) -> int:
-        """Advance every live round of the region; returns how many stages closed."""
+        """Advance every live round of the region; returns how many stages closed.
+
+        Only while this coordinator holds the region's lease (acquired or renewed here, at
+        ``now``); a standby returns 0 and keeps no round state, which would be stale by the
+        time it takes over."""
         now = now or utcnow()
+        tenure = self.lease.epoch
+        if not self.lease.hold(self.engine, now) or self.lease.epoch != tenure:
+            self._live, self._versions = {}, {}  # others may have decided since: reload
+            if not self.lease.held:
+                return 0
         c = rounds.c
         with reading(self.engine) as conn:
             active = list(
                 conn.execute(
-                    select(c.round_id, c.stage_deadline)
+                    select(c.round_id, c.stage_deadline, c.version)
                     .where(c.region == self.region, c.status.in_(ACTIVE))
                     .order_by(c.opened_at)
                 )
             )
         closed = 0
         for row in active:
+            if self._versions.get(row.round_id) != row.version:  # moved on without this cache
+                self._live.pop(row.round_id, None)
+            # read before the state is (re)loaded, so never newer than it: a transition after
+            # this read makes the claim in _close fail, it cannot be overwritten
+            self._versions[row.round_id] = row.version
             try:
                 closed += self._advance(row.round_id, row.stage_deadline, now, allow_deadline)
+            except CoordinatorFenced as exc:  # another coordinator decided first: not an error
+                self._forget(row.round_id)
+                self._log.info("round_transition_fenced", round_id=row.round_id, why=str(exc))
+                if not self.lease.held:
+                    break
             except Exception as exc:  # infrastructure (DB, broker): retried on the next tick
-                self._live.pop(row.round_id, None)  # rebuilt from the database next tick
+                self._forget(row.round_id)  # rebuilt from the database next tick
                 self._log.warning(
                     "round_tick_failed",
                     round_id=row.round_id,
                     error=exc.__class__.__name__,
                     detail=str(exc)[:200],
                 )
-        self._live = {k: v for k, v in self._live.items() if k in {r.round_id for r in active}}
-        self.publish()  # what this tick decided, and rows an earlier failed publish left
+        ids = {r.round_id for r in active}
+        self._live = {k: v for k, v in self._live.items() if k in ids}
+        self._versions = {k: v for k, v in self._versions.items() if k in ids}
+        if self.lease.held:
+            self.publish()  # what this tick decided, and rows an earlier failed publish left
         return closed
+
+    def step_down(self) -> None:
+        """Give the region's lease up (on shutdown): a standby takes over at its next tick."""
+        self.lease.step_down(self.engine)
+        self._live, self._versions = {}, {}
+
+    def _forget(self, round_id: str) -> None:
+        self._live.pop(round_id, None)
+        self._versions.pop(round_id, None)
 
     def publish(self) -> int:
         """Publish queued records (also what a restart calls first)."""
@@ -254,6 +320,7 @@ class RoundCoordinator:
         c = rounds.c
         key = (c.region == self.region) & (c.round_id == a.round_id)
         with self.engine.begin() as conn:
+            version = self._claim(conn, a.round_id)
             try:
                 out = live.close()
             except RoundAborted as exc:
@@ -314,6 +381,7 @@ class RoundCoordinator:
                     )
                 )
             audit.append(conn, self.region, events)
+        self._versions[a.round_id] = version
         self._log.info(
             "round_stage_closed",
             round_id=a.round_id,
@@ -322,6 +390,27 @@ class RoundCoordinator:
             answered=got,
             expected=expected,
         )
+
+    def _claim(self, conn: Any, round_id: str) -> int:
+        """Open a stage transition in ``conn`` (first, so on a server it takes the round's row
+        lock before anything is written): bump the round's version from the one its cached
+        state was loaded at, and check the lease. Either refusal raises
+        :class:`CoordinatorFenced` and rolls back all the caller did; returns the new version.
+        """
+        c, seen = rounds.c, self._versions.get(round_id)
+        moved = (
+            seen is None
+            or conn.execute(
+                rounds.update()
+                .where(c.region == self.region, c.round_id == round_id, c.version == seen)
+                .values(version=c.version + 1)
+            ).rowcount
+            != 1
+        )
+        self.lease.fence(conn)  # also when moved: a coordinator that lost the lease stands by
+        if moved:
+            raise CoordinatorFenced(f"round {round_id} moved on from version {seen}")
+        return int(seen) + 1  # type: ignore[arg-type]
 
     def _finish(self, conn: Any, a: RoundOpen, outcome: str, reason: str, ts: float) -> None:
         c = rounds.c

@@ -9,6 +9,11 @@ SecAgg+ payloads into ``round_messages`` in its exactly-once checkpoint) and a
 On start it republishes whatever the outbox still holds (a crash between a decision's commit
 and its publish). Deadline closes wait until ingestion has caught up with the ingest topic,
 so a restarted service first stores what devices sent while it was down.
+
+Several replicas may run per region: all of them ingest (one consumer group), and the one
+holding the region's coordinator lease coordinates while the others stand by
+(:mod:`ingestion.coordinator_lease`); :meth:`RoundService.health` says which. On shutdown a
+replica gives the lease up, so a standby takes over at once.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from kafka import KafkaProducer
 
 from ingestion.coordinator import RoundCoordinator
 from ingestion.service import IngestionApp
-from ingestion.settings import IngestSettings
+from ingestion.settings import IngestSettings, RoundsSettings
 from privacy.ledger import Budget
 from privacy.policy import RegionPolicy
 from privacy.wire import utcnow
@@ -42,8 +48,10 @@ class RoundService:
         clock: Callable[[], datetime] = utcnow,
         allow_unnoised: bool = False,
         group_id: str | None = None,
+        rounds: RoundsSettings | None = None,
     ) -> None:
         self.settings = settings = settings or IngestSettings()
+        self.rounds = rounds or RoundsSettings()
         self.region = region
         self.budget = budget
         self.clock = clock
@@ -68,6 +76,8 @@ class RoundService:
             budget=self.budget,
             allow_unnoised=self.allow_unnoised,
             max_envelope_bytes=self.settings.max_envelope_bytes,
+            lease_s=self.rounds.lease_s,
+            holder=self.rounds.coordinator_id,
         )
         self._coordinator.publish()  # finish what a previous run decided but did not publish
         return self
@@ -78,6 +88,9 @@ class RoundService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._coordinator is not None:
+            with contextlib.suppress(Exception):  # else a standby takes over when it expires
+                self._coordinator.step_down()
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 self._producer.close(timeout=10)
@@ -89,6 +102,15 @@ class RoundService:
         if self._coordinator is None:
             raise RuntimeError("RoundService is not started; use it as a context manager")
         return self._coordinator
+
+    def health(self) -> dict[str, Any]:
+        """Ingestion's health plus the coordinator's role: ``active`` (holds the region's
+        lease) or ``standby``. A standby is as ready as its ingestion: it ingests, and it is
+        ready to take over."""
+        h = self.app.health()
+        if self._coordinator is not None:
+            h["coordinator"] = self._coordinator.lease.state()
+        return h
 
     def step(self, timeout_ms: int = 100) -> int:
         """One ingest batch and one coordinator tick; returns stages closed."""

@@ -1,4 +1,4 @@
-"""Tables of the round coordinator and the privacy ledger (schema: migration ``0002``).
+"""Tables of the round coordinator and the privacy ledger (schema: migrations ``0002``, ``0003``).
 
 Everything a round needs to survive a crash is here, written in the same transactions as the
 decisions it records:
@@ -15,6 +15,10 @@ decisions it records:
 * ``round_releases``: at most one per (region, cohort, round): the primary key is what makes
   a release happen once.
 * ``privacy_ledgers``: per (region, cohort) budget and charged events (JSON).
+* ``coordinator_leases``: which coordinator of a region may drive its rounds, with the epoch
+  that fences a holder that lost it (see :mod:`ingestion.coordinator_lease`). Each stage
+  transition also compares and bumps ``rounds.version``, so two coordinators can never both
+  close the same stage.
 
 The tables hang on :data:`ingestion.db.metadata`; importing this module registers them.
 """
@@ -33,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from ingestion.db import metadata
@@ -54,6 +59,8 @@ rounds = Table(
     Column("opened_at", Float, nullable=False),
     Column("closed_at", Float),
     Column("detail", Text),
+    # bumped by every stage transition, which applies only to the version it was decided on
+    Column("version", BigInteger, nullable=False, default=0, server_default=text("0")),
     PrimaryKeyConstraint("region", "round_id"),
     UniqueConstraint("region", "cohort", "round", name="uq_rounds_cohort_round"),
 )
@@ -124,4 +131,15 @@ privacy_ledgers = Table(
     Column("events", Text, nullable=False),  # JSON list of privacy.ledger.ChargeEvent
     Column("updated_at", Float, nullable=False),
     PrimaryKeyConstraint("region", "cohort"),
+)
+
+coordinator_leases = Table(
+    "coordinator_leases",
+    metadata,
+    Column("region", String(32), nullable=False),
+    Column("holder", String(128), nullable=False),  # the coordinator id (settings)
+    Column("epoch", BigInteger, nullable=False),  # +1 on every acquisition: the fencing token
+    Column("expires_at", Float, nullable=False),  # unix seconds, by the holder's clock
+    Column("acquired_at", Float, nullable=False),
+    PrimaryKeyConstraint("region"),
 )

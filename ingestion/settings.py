@@ -96,7 +96,8 @@ class RoundsSettings(BaseModel):
 
     The budget is what the coordinator gives a cohort without a ledger row; the per-round
     fields build the :class:`~ingestion.round_open.RoundSpec` of callers that open rounds
-    (:meth:`spec`). Their defaults equal ``RoundSpec``'s (a test checks it)."""
+    (:meth:`spec`). Their defaults equal ``RoundSpec``'s (a test checks it). ``lease_s`` and
+    ``coordinator_id`` are the region's coordinator lease (one replica active at a time)."""
 
     epsilon: Annotated[
         float,
@@ -177,6 +178,22 @@ class RoundsSettings(BaseModel):
             "neighbour graph is sized so that a round survives it (unset: k = O(log n)).",
         ),
     ] = None
+    lease_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Seconds the region's coordinator lease lasts unless renewed (the "
+            "holder renews it every third of that). Only the holder ticks rounds; another "
+            "replica of `sotto ingest --coordinate` stands by and takes over this long after "
+            "the holder stopped. Keep it well above clock skew between replicas.",
+        ),
+    ] = 20.0
+    coordinator_id: str | None = Field(
+        None,
+        description="This replica's name in the coordinator lease; must differ between "
+        "replicas. Unset: `<hostname>:<pid>`.",
+        max_length=128,
+    )
 
     def budget(self) -> Budget:
         """The default per-cohort budget, as the ledger wants it."""

@@ -44,6 +44,9 @@ def _start(settings: SottoSettings, log: Path) -> subprocess.Popen[bytes]:
         "SOTTO_INGEST__SESSION_TIMEOUT_MS": "6000",
         "SOTTO_INGEST__POLL_TIMEOUT_MS": "100",
         "SOTTO_LOG_JSON": "true",
+        # one name across restarts, as a pod has: the restarted service adopts the killed
+        # one's coordinator lease at once instead of waiting for it to expire
+        "SOTTO_ROUNDS__COORDINATOR_ID": "eu-round-service",
     }
     env.pop("SOTTO_CONFIG", None)
     with open(log, "ab") as out:
