@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from privacy.credential import CredentialIssuer, IssuerVerifier
 from privacy.errors import ConfigError
 from privacy.keys import KeySet, PrivateKey
 from privacy.wire import utcnow
@@ -150,3 +151,24 @@ def signing_public_key(directory: str | Path, name: str = "adapter-signing") -> 
     if not path.is_file():
         raise ConfigError(f"no {name} key at {path}; start the service that signs once")
     return Ed25519PublicKey.from_public_bytes(path.read_bytes())
+
+
+# --- device-credential issuer (Ed25519) ----------------------------------------------------
+# The region's credential authority vouches for the one-round keys devices sign their SecAgg+
+# advertisements with (privacy.credential). The coordinator needs only the public half; the
+# private half belongs to the enrollment service (behind attestation), never the coordinator.
+DEVICE_CREDENTIAL = "device-credential"
+
+
+def credential_trust(directory: str | Path, region: str) -> IssuerVerifier:
+    """The issuers whose device credentials region ``region`` accepts (judged per round)."""
+    path = Path(directory) / f"{DEVICE_CREDENTIAL}.pub"
+    if not path.is_file():
+        raise ConfigError(f"no device-credential issuer key at {path}; run `sotto init`")
+    return IssuerVerifier(region, {DEVICE_CREDENTIAL: path.read_bytes()}, valid_at=0.0)
+
+
+def credential_issuer(directory: str | Path, region: str) -> CredentialIssuer:
+    """The enrollment side: the issuer's private key, created (0600) on first use."""
+    key = load_or_create_signing_key(directory, DEVICE_CREDENTIAL)
+    return CredentialIssuer(region, DEVICE_CREDENTIAL, key)

@@ -37,6 +37,13 @@ def render_policy(
     return "\n".join(lines)
 
 
+def _signing_keys(keyset_dir: str | Path, region: str) -> None:
+    """What adapters and rounds need, so both work out of the box: the adapter-signing key and
+    the device-credential issuer (in production the latter lives with enrollment)."""
+    keystore.load_or_create_signing_key(keyset_dir)
+    keystore.credential_issuer(keyset_dir, region)
+
+
 def init_deployment(
     home: Path,
     regions: tuple[str, ...] = DEFAULT_REGIONS,
@@ -45,16 +52,20 @@ def init_deployment(
     overwrite: bool = False,
     topic_prefix: str = "sotto",
 ) -> Path:
-    """Write ``<home>/regions.toml`` and a fresh HPKE key set per region; returns the policy path."""
+    """Write ``<home>/regions.toml``, a fresh HPKE key set, the adapter-signing key and the
+    device-credential issuer per region; returns the policy path."""
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     path = home / "regions.toml"
     if path.exists() and not overwrite:
+        for name, region in RegionPolicy.from_toml(path.read_text()).regions.items():
+            _signing_keys(region.keyset_dir, name)  # homes made before they existed
         return path
     text = render_policy(home, regions, bootstrap, topic_prefix)
     policy = RegionPolicy.from_toml(text)
     for name, region in policy.regions.items():
         if not (Path(region.keyset_dir) / "keyset.json").exists() or overwrite:
             keystore.rotate(region.keyset_dir, name)
+        _signing_keys(region.keyset_dir, name)
     path.write_text(text)
     return path

@@ -366,7 +366,8 @@ def demo(
         out_dir=out,
         bootstrap=bootstrap,
     )
-    raise typer.Exit(ExitCode.OK if report["status"] == "complete" else ExitCode.INTERRUPTED)
+    codes = {"complete": ExitCode.OK, "degraded": ExitCode.CHECK_FAILED}
+    raise typer.Exit(codes.get(report["status"], ExitCode.INTERRUPTED))
 
 
 @app.command()

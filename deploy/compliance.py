@@ -122,7 +122,9 @@ def check_accepts_routed(
     stmt = (
         select(audit_log.c.topic, func.count())
         .where(
-            audit_log.c.region == region, audit_log.c.event == "accept", _since(audit_log, since)
+            audit_log.c.region == region,
+            audit_log.c.event.in_(("accept", "late")),  # late: acknowledged, not rejected
+            _since(audit_log, since),
         )
         .group_by(audit_log.c.topic)
     )

@@ -11,14 +11,20 @@ under ``<home>/demo`` with its own topic set; then
 
 Progress is shown live; ``report.json`` and ``index.html`` (with plots) are written to the
 output folder after every round, so Ctrl-C leaves a partial report.
+
+The report's ``status`` is ``complete`` only when every round was released (and, in a run
+long enough for the learner to promote one, an adapter went live); ``degraded`` otherwise,
+with the reasons counted under ``degraded``; ``interrupted`` after Ctrl-C.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -80,6 +86,43 @@ def _loop_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+# the learner promotes a candidate at the earliest after shadow and canary rounds: a shorter run
+# releasing every round without a live adapter is not degraded
+LIVE_EXPECTED_FROM_ROUNDS = 6
+
+
+def assess(report: dict[str, Any], expect_live: bool) -> dict[str, Any]:
+    """What kept a run from ``complete``: ``{"reasons": {reason: rounds}, ...}``, empty
+    reasons when there is nothing. A round that was not released counts under
+    ``<status>: <its abort or refusal detail, numbers as N>``; no live adapter in any cohort
+    counts as ``no_live_adapter`` when ``expect_live``."""
+    loop = report.get("loop") or {}
+    rounds = loop.get("rounds", [])
+    reasons: Counter[str] = Counter()
+    not_released = []
+    for r in rounds:
+        if r["status"] == "released":
+            continue
+        why = re.sub(r"\d+(\.\d+)?", "N", r.get("reason") or "") or (
+            "unfinished" if r["status"] not in ("aborted", "refused") else "no detail"
+        )
+        reasons[f"{r['status']}: {why[:160]}"] += 1
+        not_released.append(
+            {k: r.get(k) for k in ("round", "region", "cohort", "status", "reason")}
+        )
+    cohorts = (loop.get("summary") or {}).get("cohorts", {})
+    live = {k: c["live_version"] for k, c in cohorts.items() if c["live_version"]}
+    if expect_live and not live:
+        reasons["no_live_adapter"] += 1
+    return {
+        "rounds": len(rounds),
+        "released": sum(1 for r in rounds if r["status"] == "released"),
+        "reasons": dict(reasons.most_common()),
+        "not_released": not_released,
+        "live_adapters": live,
+    }
+
+
 def summarize_loop(loops: list[Any], rounds_done: int) -> dict[str, Any]:
     cohorts: dict[str, Any] = {}
     for loop in loops:
@@ -115,7 +158,14 @@ def run_demo(
     budget_epsilon: float = 16.0,
     seed: int = 3,
     console: Console | None = None,
+    loop_config: dict[str, Any] | None = None,
+    expect_live: bool | None = None,
 ) -> dict[str, Any]:
+    """Run the demo; returns the report (also written to ``out_dir``).
+
+    ``loop_config`` overrides :class:`~deploy.demo_loop.LoopConfig` fields (``dropout``,
+    ``grace_s``, ``stage_timeout_s``, ...). ``expect_live``: whether a run without a live
+    adapter is degraded (default: runs of at least ``LIVE_EXPECTED_FROM_ROUNDS`` rounds)."""
     from deploy.demo_foundation import run_foundation
     from deploy.demo_loop import LoopConfig, RegionLoop, run_rounds
     from deploy.simulation.cohort_channel import StepCache
@@ -171,8 +221,14 @@ def run_demo(
             console.print(_foundation_table(outcomes))
 
             cfg = LoopConfig(
-                rounds=rounds, epsilon_per_round=epsilon_per_round, budget_epsilon=budget_epsilon
+                **{
+                    "rounds": rounds,
+                    "epsilon_per_round": epsilon_per_round,
+                    "budget_epsilon": budget_epsilon,
+                    **(loop_config or {}),
+                }
             )
+            report["config"]["loop"] = asdict(cfg)
             pop = Population(
                 seed=seed,
                 regions=regions,
@@ -222,7 +278,24 @@ def run_demo(
             console.print(_loop_table(report["loop"]["summary"]))
         if interrupted.is_set():
             raise KeyboardInterrupt
-        report["status"] = "complete"
+        if expect_live is None:
+            expect_live = rounds >= LIVE_EXPECTED_FROM_ROUNDS
+        health = assess(report, expect_live)
+        if health["reasons"]:
+            report["status"] = "degraded"
+            report["degraded"] = health
+            lines = "; ".join(f"{k} ({n})" for k, n in health["reasons"].items())
+            console.print(
+                f"[yellow]degraded: {health['released']} of {health['rounds']} rounds "
+                f"released; {lines}[/yellow]"
+            )
+        else:
+            report["status"] = "complete"
+        report["summary"] = {
+            "rounds released": f"{health['released']} / {health['rounds']}",
+            **report.get("summary", {}),
+            **({"degraded": health["reasons"]} if health["reasons"] else {}),
+        }
     except KeyboardInterrupt:
         report["status"] = "interrupted"
         console.print("[yellow]interrupted: writing a partial report[/yellow]")
@@ -261,6 +334,7 @@ def _fill_loop(report: dict[str, Any], loops: list[Any], rounds_done: int) -> No
             rejected[k] = rejected.get(k, 0) + v
         messages[loop.region] = {
             "accepted": stats["accepted"] + f.get("accepted", 0),
+            "late": stats.get("late", 0),  # valid, after their stage closed: not dead-lettered
             "rejected": rejected,
         }
     loop_part["messages"] = messages
@@ -276,7 +350,9 @@ def _fill_loop(report: dict[str, Any], loops: list[Any], rounds_done: int) -> No
             for k, v in loop_part["summary"]["cohorts"].items()
         },
         **{
-            f"{r} messages accepted / dead-lettered": f"{m['accepted']} / {sum(m['rejected'].values())}"
+            f"{r} messages accepted / late / dead-lettered": (
+                f"{m['accepted']} / {m['late']} / {sum(m['rejected'].values())}"
+            )
             for r, m in messages.items()
         },
     }

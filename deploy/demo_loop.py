@@ -8,11 +8,18 @@ consumes it, fits, gates, and publishes signed adapters and the next plan to
 ``<region>.adapters``; a reference device per cohort verifies and installs them. The
 harness then scores base / live / candidate adapters on held-out steps: that measurement
 uses the simulator's ground truth and is the only thing here that sees raw data.
+
+Stages close the way a deployment's do (:class:`ingestion.round_open.RoundSpec`): each round
+aims for the devices expected to stay (``1 - dropout`` of the cohort), over-selected as in
+Bonawitz et al. (capped by the cohort's check-ins, so every device is asked); a stage closes
+when every expected device answered, or ``grace_s`` after its goal count did, or at a
+deadline long enough for a loaded machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,8 +60,11 @@ class LoopConfig:
     budget_epsilon: float = 8.0
     budget_delta: float = 1e-5
     dropout: float = 0.1  # share of devices that vanish after sending their masked input
-    stage_timeout_s: float = 3.0
-    round_timeout_s: float = 120.0
+    expected_dropout: float | None = None  # what rounds are sized and goaled for (None: dropout)
+    stage_timeout_s: float = 60.0  # stage deadline: a loaded machine still answers within it
+    grace_s: float = 1.5  # after a stage's goal count answered, for the stragglers
+    overselect: float = 0.3
+    round_timeout_s: float = 330.0  # the harness gives up on a round (> 4 stage deadlines)
 
 
 @dataclass
@@ -63,6 +73,7 @@ class RoundRecord:
     region: str
     cohort: str
     status: str
+    reason: str = ""  # why a round was not released (the abort or refusal detail)
     participants: int = 0
     dropped: int = 0
     epsilon_spent: float = 0.0
@@ -200,23 +211,33 @@ class RegionLoop:
         self._take_feed()
         self.fleet.checkin()
         self.svc.app.process_available(timeout_s=30)  # the check-ins must be stored to be sampled
-        spec = RoundSpec(
-            layout=LAYOUT_V1.name,
-            dim=LAYOUT_V1.dim,
-            clip=LAYOUT_V1.clip,
-            epsilon=self.config.epsilon_per_round,
-            delta=self.config.delta,
-            stage_timeout_s=self.config.stage_timeout_s,
-            min_participants=3,
-            dropout=self.config.dropout or None,  # size the graph for the flaky share
-        )
         opened: dict[str, str] = {}
         for c in self.cohorts:
+            spec = self.spec(sum(1 for cc in self.devices.values() if cc == c))
             res = self.svc.coordinator.open_round(c, spec, adapter_plan=self.plans[c])
             opened[c] = res.round_id
             if res.status != "open":
                 self.refusals.append({"round": r, "cohort": c, "reason": res.reason[:300]})
         return opened
+
+    def spec(self, members: int) -> RoundSpec:
+        """The round of a cohort of ``members`` devices: its goal is the devices expected to
+        stay, over-selected (the sample is capped by the check-ins: every member is asked)."""
+        cfg = self.config
+        expected = cfg.dropout if cfg.expected_dropout is None else cfg.expected_dropout
+        return RoundSpec(
+            layout=LAYOUT_V1.name,
+            dim=LAYOUT_V1.dim,
+            clip=LAYOUT_V1.clip,
+            epsilon=cfg.epsilon_per_round,
+            delta=cfg.delta,
+            stage_timeout_s=cfg.stage_timeout_s,
+            grace_s=cfg.grace_s,
+            goal=max(2, math.ceil(members * (1.0 - expected) - 1e-9)),
+            overselect=cfg.overselect,
+            min_participants=3,
+            dropout=expected or None,  # size the graph for the flaky share
+        )
 
     def step(self) -> None:
         self.svc.step(timeout_ms=20)
@@ -234,6 +255,12 @@ class RegionLoop:
         spent = {b.cohort: b.epsilon_spent for b in ledger_report(self.svc.app.engine, self.region)}
         for c in self.cohorts:
             status = self.svc.coordinator.status(opened[c]) or "unknown"
+            refused = [x["reason"] for x in self.refusals if (x["round"], x["cohort"]) == (r, c)]
+            reason = (
+                refused[0]
+                if refused
+                else _round_detail(self.svc.app.engine, self.region, opened[c])
+            )
             held = StepArrays.concat(
                 self.cache.heldout(d, r) for d, cc in self.devices.items() if cc == c
             )
@@ -246,6 +273,7 @@ class RegionLoop:
                 region=self.region,
                 cohort=c,
                 status=status,
+                reason=reason if status != "released" else "",
                 epsilon_spent=spent.get(c, 0.0),
                 live_version=live,
                 candidate_version=cand,
@@ -273,6 +301,18 @@ def _split_drop(flaky: set[str]) -> dict[str, set[str]]:
     must be rebuilt from shares), half after it (their self masks are removed)."""
     ordered = sorted(flaky)
     return {"masked": set(ordered[::2]), "unmask": set(ordered[1::2])}
+
+
+def _round_detail(engine: Any, region: str, round_id: str) -> str:
+    from sqlalchemy import select
+
+    from ingestion.rounds_db import rounds
+
+    with engine.connect() as conn:
+        detail = conn.execute(
+            select(rounds.c.detail).where(rounds.c.region == region, rounds.c.round_id == round_id)
+        ).scalar()
+    return str(detail or "")
 
 
 def _release_row(engine: Any, region: str, cohort: str, round_id: str) -> tuple[int, int] | None:

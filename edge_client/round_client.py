@@ -4,13 +4,15 @@ A :class:`RoundParticipant` wraps :class:`privacy.secagg.SecAggClient` for one d
 
 1. :meth:`RoundParticipant.checkin` sends a ``secagg_checkin`` with a fresh random token (no
    device id: the backend cannot link rounds of one device);
-2. on the :class:`~privacy.round_wire.RoundOpen` that lists one of its tokens, it asks the
+2. on the :class:`~privacy.round_wire.RoundOpen` that lists one of its tokens, it takes one
+   unused device credential from its wallet (one per round, so rounds stay unlinkable), asks the
    ``contribution(round_open)`` callback for its vector (the learner's contribution builder
    plugs in here; by default the round summary's embedding), then clips, scales, rounds,
    adds its share of the DP noise and encodes it (:func:`privacy.round.client_input`) and
    starts the SecAgg+ client;
-3. each server message addressed to it (neighbour keys, forwarded shares, unmask request)
-   gets exactly one reply.
+3. each server message addressed to it (neighbour keys, forwarded shares, the survivor set to
+   sign, unmask request) gets exactly one reply; the client checks neighbours' credentials
+   against the issuers the device trusts.
 
 Every message leaves the device as a payload in an HPKE envelope sealed to the home
 region's current key, through the durable outbox and the idempotent producer
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -32,6 +35,7 @@ from edge_client.outbox import Outbox
 from edge_client.producer import OutboxProducer
 from privacy import quantize
 from privacy.adapter_plan import AdapterPlan
+from privacy.credential import CredentialWallet, IssuerVerifier
 from privacy.envelope import seal
 from privacy.errors import ProtocolError, RemoteProtocolError
 from privacy.keys import KeyEntry
@@ -40,7 +44,12 @@ from privacy.rand import DEFAULT_RANDOMNESS, Randomness
 from privacy.round_check import DEFAULT_FLOOR, PrivacyFloor, check_round
 from privacy.round_wire import Checkin, RoundClosed, RoundOpen
 from privacy.secagg import SecAggClient
-from privacy.secagg.messages import ForwardedShares, NeighbourKeys, UnmaskRequest
+from privacy.secagg.messages import (
+    ConsistencyRequest,
+    ForwardedShares,
+    NeighbourKeys,
+    UnmaskRequest,
+)
 from privacy.wire import Frozen
 
 if TYPE_CHECKING:
@@ -49,11 +58,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Contribution = Callable[[RoundOpen], np.ndarray]
-ServerMessage = RoundOpen | NeighbourKeys | ForwardedShares | UnmaskRequest | RoundClosed
+ServerMessage = (
+    RoundOpen | NeighbourKeys | ForwardedShares | ConsistencyRequest | UnmaskRequest | RoundClosed
+)
 STAGE_OF = {
     "round_open": "advertise",
     "secagg_neighbours": "shares",
     "secagg_forward": "masked",
+    "secagg_consistency": "consistency",
     "secagg_unmask": "unmask",
 }
 
@@ -118,7 +130,10 @@ class KeptInput:
 
 
 class RoundParticipant:
-    """One device's rounds. ``keep_inputs`` keeps its own inputs in memory (simulation only)."""
+    """One device's rounds. ``keep_inputs`` keeps its own inputs in memory (simulation only).
+
+    ``wallet`` holds the device's unused one-round credentials; ``trust`` the credential
+    issuers it accepts for its neighbours, judged by ``clock`` when a round opens."""
 
     def __init__(
         self,
@@ -127,6 +142,9 @@ class RoundParticipant:
         transport: Transport,
         contribution: Contribution,
         *,
+        wallet: CredentialWallet,
+        trust: IssuerVerifier,
+        clock: Callable[[], float] = time.time,
         layout: str = "",
         randomness: Randomness = DEFAULT_RANDOMNESS,
         keep_inputs: bool = False,
@@ -140,6 +158,9 @@ class RoundParticipant:
         self.randomness = randomness
         self.keep_inputs = keep_inputs
         self.floor = floor
+        self.wallet = wallet
+        self.trust = trust
+        self.clock = clock
         self.refused: dict[str, str] = {}  # round_id -> why this device stayed out
         self._tokens: set[str] = set()
         self._active: dict[str, _Active] = {}
@@ -217,11 +238,24 @@ class RoundParticipant:
         except ValueError as exc:  # not a participant this time: the server sees a dropout
             log.warning("round %s: no contribution (%s)", announce.round_id, exc)
             return False
+        try:
+            identity = self.wallet.take()
+        except LookupError:
+            self.refused[announce.round_id] = "no_credential"
+            log.warning("round %s: no unused device credential, sitting it out", announce.round_id)
+            return False
         noise = plan.noise.sample(self.randomness)
         vec = quantize.encode(q + noise, plan.quant.bits)
         if self.keep_inputs:
             self.kept[announce.round_id] = KeptInput(q, noise)
-        client = SecAggClient(plan.params, cid, vec, self.randomness)
+        client = SecAggClient(
+            plan.params,
+            cid,
+            vec,
+            self.randomness,
+            identity=identity,
+            verifier=self.trust.at(self.clock()),
+        )
         self._active[announce.round_id] = _Active(announce, cid, client)
         self._send(announce, client.start())
         return True

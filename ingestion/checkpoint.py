@@ -54,6 +54,7 @@ class BatchCheckpoint(Checkpoint):
     offsets: Table = consumer_offsets
     dead_letter_max_bytes: int = 256 * 1024
     accepted: list[tuple[Accepted, str, int, int]] = field(default_factory=list)
+    late: list[tuple[round_sink.Late, str, int, int]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)  # to produce
     produced: list[DeadLetter] = field(default_factory=list)  # acked by the DLQ in an earlier try
     events: list[AuditEvent] = field(default_factory=list)
@@ -76,6 +77,27 @@ class BatchCheckpoint(Checkpoint):
                 partition=partition,
                 offset=offset,
                 detail=env.payload_type,  # what was accepted: the audit can recount the sums
+            )
+        )
+
+    def late_message(self, verdict: round_sink.Late, topic: str, partition: int, offset: int) -> None:
+        """A valid protocol message after its stage closed: its offset and msg_id are kept and
+        it is audited as ``late``, nothing is stored for the coordinator or dead-lettered."""
+        self.advance(topic, partition, offset)
+        env = verdict.envelope
+        self.late.append((verdict, topic, partition, offset))
+        self.events.append(
+            AuditEvent(
+                event="late",
+                ts=self._ts,
+                reason=round_sink.LATE,
+                detail=verdict.detail[:300],
+                msg_id=env.msg_id,
+                cohort=env.cohort,
+                round=env.round,
+                topic=topic,
+                partition=partition,
+                offset=offset,
             )
         )
 
@@ -202,7 +224,7 @@ class BatchCheckpoint(Checkpoint):
         return acked, f"{missing} dead letter(s) not acknowledged ({error})"
 
     def _write(self, conn: Connection) -> None:
-        if self.accepted:
+        if self.accepted or self.late:
             conn.execute(
                 seen_messages.insert(),
                 [
@@ -213,9 +235,10 @@ class BatchCheckpoint(Checkpoint):
                         "partition": p,
                         "offset": o,
                     }
-                    for a, t, p, o in self.accepted
+                    for a, t, p, o in [*self.accepted, *self.late]
                 ],
             )
+        if self.accepted:
             deltas = aggregates.fold(
                 (a.envelope.cohort, a.envelope.round, a.summary)
                 for a, _, _, _ in self.accepted

@@ -5,8 +5,9 @@ It is the ``simulate.run_round`` loop with topics and a database in between::
     open_round ──► RoundOpen on <R>.rounds
     devices ──► <R>.ingest ──► ingestion (validate, decrypt, dedupe) ──► round_messages
     tick(now): feed new stored messages to the SecAggServer; when a stage is complete (every
-               expected client answered) or its deadline passed: close it, in ONE transaction
-               with its outputs queued for <R>.rounds; after the unmask stage, release
+               expected client answered), or its goal count answered a grace ago, or its
+               deadline passed: close it, in ONE transaction with its outputs queued for
+               <R>.rounds; after the unmask stage, release
     release:   round status + ledger charge + round_releases row + ReleasedAggregate queued for
                <R>.aggregates + audit row, in ONE transaction; published from the outbox after
 
@@ -51,6 +52,7 @@ from ingestion.round_state import LiveRound
 from ingestion.rounds_db import ACTIVE, round_messages, round_releases, rounds
 from privacy import accountant
 from privacy.adapter_plan import AdapterPlan
+from privacy.credential import IssuerVerifier
 from privacy.ledger import Budget, BudgetExceeded
 from privacy.policy import RegionConfig
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
@@ -84,6 +86,9 @@ class RoundCoordinator:
         Ingestion's envelope limit: rounds whose masked input would not fit are refused.
     randomness
         Participant sampling and graph seeds (OS CSPRNG by default).
+    credentials
+        The device-credential issuers this region trusts (:class:`~privacy.credential.IssuerVerifier`);
+        each round judges credentials at its opening time, so a replay decides the same.
     lease_s
         Seconds the region's coordinator lease lasts unless renewed (``rounds.lease_s``): how
         long a standby waits after the active coordinator stopped.
@@ -102,6 +107,7 @@ class RoundCoordinator:
         allow_unnoised: bool = False,
         max_envelope_bytes: int = 64 * 1024,
         randomness: Randomness = DEFAULT_RANDOMNESS,
+        credentials: IssuerVerifier,
         lease_s: float = 20.0,
         holder: str | None = None,
     ) -> None:
@@ -114,6 +120,7 @@ class RoundCoordinator:
         self.allow_unnoised = allow_unnoised
         self.max_envelope_bytes = max_envelope_bytes
         self.randomness = randomness
+        self.credentials = credentials
         self.lease = CoordinatorLease(self.region, holder or default_holder(), lease_s)
         self._live: dict[str, LiveRound] = {}
         self._versions: dict[str, int] = {}  # round_id -> rounds.version its cache is at
@@ -256,7 +263,7 @@ class RoundCoordinator:
         c, m = rounds.c, round_messages.c
         with reading(self.engine) as conn:
             row = conn.execute(
-                select(c.open_json, c.graph_seed, c.stage_log).where(
+                select(c.open_json, c.graph_seed, c.stage_log, c.opened_at).where(
                     c.region == self.region, c.round_id == round_id
                 )
             ).one()
@@ -270,7 +277,11 @@ class RoundCoordinator:
                 )
             }
         live = LiveRound.rebuild(
-            RoundOpen.model_validate_json(row.open_json), row.graph_seed, log_, bodies
+            RoundOpen.model_validate_json(row.open_json),
+            row.graph_seed,
+            log_,
+            bodies,
+            verifier=self.credentials.at(float(row.opened_at)),
         )
         self._live[round_id] = live
         return live
@@ -278,12 +289,16 @@ class RoundCoordinator:
     def _advance(
         self, round_id: str, deadline: float | None, now: datetime, allow_deadline: bool
     ) -> int:
+        """Close the round's stage when it is due (:meth:`LiveRound.due`): every expected
+        client answered, or the stage's goal count answered ``grace_s`` ago, or its
+        deadline passed. The goal and deadline closes count the silent clients as dropped,
+        so they wait while ingestion has a backlog (``allow_deadline=False``)."""
         live = self._load(round_id)
         self._feed_new(live)
-        due = deadline is not None and now.timestamp() >= deadline
-        if not (live.complete() or (due and allow_deadline)):
+        why = live.due(now.timestamp(), deadline, settled=allow_deadline)
+        if why is None:
             return 0
-        self._close(live, now, "complete" if live.complete() else "deadline")
+        self._close(live, now, why)
         return 1
 
     def _feed_new(self, live: LiveRound) -> None:

@@ -94,7 +94,9 @@ def build_checkpoint(
                 )
             else:
                 in_batch.add(msg_id)
-        if isinstance(verdict, Accepted):
+        if isinstance(verdict, round_sink.Late):
+            cp.late_message(verdict, rec.topic, rec.partition, rec.offset)
+        elif isinstance(verdict, Accepted):
             cp.accept(verdict, rec.topic, rec.partition, rec.offset)
         else:
             cp.reject(

@@ -3,7 +3,10 @@
 :func:`open_round` runs in one database transaction:
 
 1. pick the participants: the caller's explicit token list, or a uniform sample (OS CSPRNG)
-   of the cohort's unused, fresh check-ins, at most ``spec.max_clients``;
+   of the cohort's unused, fresh check-ins, at most ``spec.max_clients``. With a ``goal``
+   the sample over-selects (Bonawitz et al., "Towards Federated Learning at Scale", 2019):
+   ``ceil(goal * (1 + overselect))`` when that many check-ins exist, so that stragglers and
+   dropouts do not keep the round from its goal;
 2. plan with :func:`privacy.round.plan_round`: ``k = O(log n)``, threshold ``t``, the
    modulus ``b`` with the no-wrap headroom check, per-client noise from the per-round
    (epsilon, delta). Any configuration that could wrap, or whose masked input would not fit
@@ -11,8 +14,10 @@
 3. ask the cohort's persisted ledger whether this release is affordable *counting the charges
    reserved by the cohort's rounds still in flight* (two concurrent rounds cannot together
    overspend);
-4. write the ``rounds`` row (and its graph seed), mark the sampled check-ins used, queue the
-   :class:`RoundOpen` in the outbox and append the audit row.
+4. write the ``rounds`` row (its graph seed, and in ``stage_log`` the round's
+   :class:`~ingestion.round_state.CloseRule`: each stage's goal count and the grace after it),
+   mark the sampled check-ins used, queue the :class:`RoundOpen` in the outbox and append the
+   audit row.
 
 A refused round still gets a ``rounds`` row (status ``refused``) and an audit row with the
 reason, and nothing is queued: no device is ever contacted for it.
@@ -21,6 +26,7 @@ reason, and nothing is queued: no device is ever contacted for it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +36,7 @@ from sqlalchemy import Connection, func, select
 
 from ingestion import audit, ledger_store, round_outbox
 from ingestion.audit import AuditEvent
+from ingestion.round_state import RULE_KEY, CloseRule
 from ingestion.rounds_db import ACTIVE, round_checkins, rounds
 from privacy.adapter_plan import AdapterPlan
 from privacy.errors import ConfigError
@@ -44,7 +51,13 @@ from privacy.secagg.graph import shuffled
 class RoundSpec:
     """What a round computes and what it may cost. ``layout``/``dim``/``clip`` come from the
     learner's contribution layout; ``epsilon``/``delta`` are per round (``None``: no DP
-    noise, accepted only by a coordinator built with ``allow_unnoised`` for tests)."""
+    noise, accepted only by a coordinator built with ``allow_unnoised`` for tests).
+
+    When stages close: a stage closes as soon as every expected client answered; else once
+    its goal count answered and ``grace_s`` more seconds passed; else at its deadline,
+    ``stage_timeout_s`` after it opened. ``goal`` is the first stage's goal count (unset: every
+    sampled client), over-selected by ``overselect``; later stages' goal is what survives
+    ``dropout`` of it. No goal is below the round's ``min_clients``."""
 
     layout: str
     dim: int
@@ -59,7 +72,10 @@ class RoundSpec:
     t: int | None = None
     bits: int | None = None
     dropout: float | None = None  # expected share of vanishing devices: sizes the graph
-    stage_timeout_s: float = 30.0
+    stage_timeout_s: float = 120.0  # the stage deadline: long enough for a loaded machine
+    goal: int | None = None
+    overselect: float = 0.3
+    grace_s: float = 2.0
     checkin_ttl_s: float = 3600.0
 
 
@@ -128,7 +144,15 @@ def sample_checkins(
         .order_by(c.token)
     )
     tokens = list(conn.execute(stmt).scalars())
-    return shuffled(tokens, rng)[: spec.max_clients]
+    return shuffled(tokens, rng)[: sample_size(spec)]
+
+
+def sample_size(spec: RoundSpec) -> int:
+    """How many check-ins a round asks for: ``max_clients``, or with a ``goal`` the goal
+    over-selected by ``overselect`` (never more than ``max_clients``)."""
+    if spec.goal is None:
+        return spec.max_clients
+    return min(spec.max_clients, math.ceil(spec.goal * (1.0 + spec.overselect) - 1e-9))
 
 
 def plan(round_id: str, n: int, spec: RoundSpec, max_envelope_bytes: int) -> RoundPlan:
@@ -216,6 +240,9 @@ def open_round(
         )
         return OpenResult(rid, rnd, "refused", len(tokens), f"{reason}: {detail}")
 
+    bad = _bad_close_rule(spec)
+    if bad:
+        return refuse("bad_config", bad)
     if spec.epsilon is None and not allow_unnoised:
         return refuse("no_dp", "a round without DP noise is for tests only")
     if len(tokens) < max(spec.min_participants, 2):
@@ -252,6 +279,13 @@ def open_round(
         stage_timeout_s=spec.stage_timeout_s,
         adapter_plan=adapter_plan,
     )
+    rule = CloseRule.plan(
+        rp.params.n,
+        rp.params.min_clients,
+        goal=spec.goal,
+        dropout=spec.dropout,
+        grace_s=spec.grace_s,
+    )
     conn.execute(
         rounds.insert().values(
             region=region,
@@ -262,7 +296,7 @@ def open_round(
             open_json=announce.model_dump_json(),
             graph_seed=rng.token_bytes(32),
             stage_deadline=ts + spec.stage_timeout_s,
-            stage_log={},
+            stage_log={RULE_KEY: rule.to_json()},
             opened_at=ts,
         )
     )
@@ -298,8 +332,23 @@ def open_round(
                     "scale": spec.scale,
                     "z": round(rp.noise.noise_multiplier, 6),
                     "timeout_s": spec.stage_timeout_s,
+                    "goal": rule.first,
+                    "goal_then": rule.then,
+                    "grace_s": rule.grace_s,
                 },
             )
         ],
     )
     return OpenResult(rid, rnd, "open", len(tokens))
+
+
+def _bad_close_rule(spec: RoundSpec) -> str:
+    """Why the spec's stage-closing numbers are unusable ('' when they are fine)."""
+    if spec.goal is not None and spec.goal < 2:
+        return f"goal {spec.goal} < 2"
+    if spec.overselect < 0 or spec.grace_s < 0 or spec.stage_timeout_s <= 0:
+        return (
+            f"overselect {spec.overselect:g} and grace_s {spec.grace_s:g} must be >= 0, "
+            f"stage_timeout_s {spec.stage_timeout_s:g} > 0"
+        )
+    return ""

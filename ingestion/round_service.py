@@ -27,6 +27,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from backend import keystore
 from ingestion.coordinator import RoundCoordinator
 from ingestion.service import IngestionApp
 from ingestion.settings import IngestSettings, RoundsSettings
@@ -76,6 +77,7 @@ class RoundService:
             budget=self.budget,
             allow_unnoised=self.allow_unnoised,
             max_envelope_bytes=self.settings.max_envelope_bytes,
+            credentials=keystore.credential_trust(self.app.config.keyset_dir, self.region),
             lease_s=self.rounds.lease_s,
             holder=self.rounds.coordinator_id,
         )

@@ -10,11 +10,18 @@ durable. The coordinator never sees a record twice, and ingestion never sees a v
 clear (``masked_input`` is uniform without the masks).
 
 :func:`screen` reads committed state (outside the transaction) and catches what is plainly
-wrong: unknown or finished round, round id not matching the envelope header, sender outside
-the round, a stage that is already closed (``late``) or not yet open, a second message from
-the same sender for the same stage. A stage closing between screen and commit is harmless:
-the coordinator ignores stored messages of closed stages. Checks that need the SecAgg+
-server's state (share lists, unmask sets) run in the coordinator and are audited there.
+wrong: unknown or never announced round, round id not matching the envelope header, sender
+outside the round, a stage not yet open, a second message from the same sender for the same
+stage. Those are protocol violations and are dead-lettered.
+
+A valid message whose stage (or whole round) closed before it arrived is not a violation: a
+slow or loaded device answered after its stage's goal count and grace, or its deadline. It
+becomes a :class:`Late` verdict: acknowledged (its offset stored, its msg_id kept against
+replays), counted (``IngestStats.late``) and audited as a ``late`` row with reason
+``late_for_stage``, never stored for the coordinator and never dead-lettered. A stage closing
+between screen and commit is harmless: the coordinator ignores stored messages of closed
+stages. Checks that need the SecAgg+ server's state (share lists, unmask sets) run in the
+coordinator and are audited there.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from privacy.round_wire import CLIENT_PAYLOADS, STAGE_OF_TYPE, Checkin, round_id
 from privacy.wire import Envelope, Frozen, RejectReason
 
 ROUTED_TYPES = CLIENT_PAYLOADS | {"secagg_checkin"}
-STAGE_ORDER = ("advertise", "shares", "masked", "unmask")
+STAGE_ORDER = ("advertise", "shares", "masked", "consistency", "unmask")
 STATUS_STAGE = dict(zip(ACTIVE, STAGE_ORDER, strict=True))
+FINISHED = ("released", "aborted")  # announced rounds that are over
+LATE = "late_for_stage"  # the audit reason of a valid message that came after its stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,18 @@ class Routed(Accepted):
     @classmethod
     def of(cls, envelope: Envelope, payload: Frozen) -> Routed:
         return cls(envelope, None, payload)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Late(Accepted):
+    """A valid protocol payload that arrived after its stage (or round) closed: acknowledged
+    and counted, not stored for the coordinator, not dead-lettered. ``summary`` is None."""
+
+    detail: str = ""
+
+    @classmethod
+    def of(cls, envelope: Envelope, detail: str) -> Late:
+        return cls(envelope, None, detail)  # type: ignore[arg-type]
 
 
 def routes(payload_type: str) -> bool:
@@ -100,7 +121,8 @@ INTERNAL = RejectReason.INTERNAL_ERROR.value
 
 
 def screen(engine: Engine, region: str, items: Sequence[Routed]) -> list[str | None]:
-    """For each item, ``None`` (store it) or why it is a protocol violation (dead-letter it)."""
+    """For each item, ``None`` (store it), why it is late (starts with :data:`LATE`), or why
+    it is a protocol violation (dead-letter it)."""
     protocol = [r for r in items if r.payload.type in CLIENT_PAYLOADS]  # type: ignore[attr-defined]
     ids = {p.payload.round_id for p in protocol}  # type: ignore[attr-defined]
     views = _round_views(engine, region, ids)
@@ -134,8 +156,9 @@ def screen_verdicts(
     engine: Engine, region: str, decided: list[tuple[Any, bytes, Any]], durable: set[str]
 ) -> list[tuple[Any, bytes, Any]]:
     """The processor's hook: ``(record, raw, verdict)`` triples with every :class:`Routed`
-    verdict that :func:`screen` refuses turned into ``Rejected(protocol_violation)``.
-    Replays (msg_id already durable) are left for the processor to name as such."""
+    verdict that :func:`screen` refuses turned into ``Rejected(protocol_violation)``, and
+    every one that came after its stage into :class:`Late`. Replays (msg_id already durable)
+    are left for the processor to name as such."""
     idx = [
         i
         for i, (_, _, v) in enumerate(decided)
@@ -146,7 +169,10 @@ def screen_verdicts(
     reasons = screen(engine, region, [decided[i][2] for i in idx])
     out = list(decided)
     for i, reason in zip(idx, reasons, strict=True):
-        if reason is not None:
+        if reason is not None and reason.startswith(LATE):
+            rec, raw, v = out[i]
+            out[i] = (rec, raw, Late.of(v.envelope, reason.removeprefix(f"{LATE}: ")))
+        elif reason is not None:
             rec, raw, v = out[i]
             why = (
                 RejectReason.INTERNAL_ERROR
@@ -170,20 +196,22 @@ def _screen_one(
     view = views.get(rid)
     if view is None:
         return f"unknown_round: no round {rid!r} in {region}"
-    if view.status not in STATUS_STAGE:
-        return f"round_over: round {rid} is {view.status}"
+    if view.status not in STATUS_STAGE and view.status not in FINISHED:
+        return f"round_over: round {rid} is {view.status}"  # never announced: nobody is in it
     if not 0 <= sender < view.n:
         return f"unknown_client: sender {sender} outside 0..{view.n - 1}"
+    if (rid, ptype, sender) in stored:
+        return f"replay: second {ptype} from client {sender}"
+    if view.status in FINISHED:
+        return f"{LATE}: {ptype} from client {sender} after round {rid} was {view.status}"
     want, got = (
         STAGE_ORDER.index(STATUS_STAGE[view.status]),
         STAGE_ORDER.index(STAGE_OF_TYPE[ptype]),
     )
     if got < want:
-        return f"late: {ptype} from {sender} after its stage closed"
+        return f"{LATE}: {ptype} from client {sender} after its stage closed"
     if got > want:
         return f"out_of_order: {ptype} from {sender} before its stage opened"
-    if (rid, ptype, sender) in stored:
-        return f"replay: second {ptype} from client {sender}"
     return None
 
 

@@ -42,7 +42,13 @@ from sqlalchemy import (
 
 from ingestion.db import metadata
 
-ACTIVE = ("collect_keys", "collect_shares", "collect_masked", "collect_unmask")
+ACTIVE = (
+    "collect_keys",
+    "collect_shares",
+    "collect_masked",
+    "collect_sigs",
+    "collect_unmask",
+)
 
 rounds = Table(
     "rounds",

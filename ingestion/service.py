@@ -395,6 +395,7 @@ class IngestionApp(DurableConsumerApp):
         self.stats.batches += 1
         self.stats.records += sum(s.next - s.first for s in cp.spans.values())
         self.stats.accepted += len(cp.accepted)
+        self.stats.late += len(cp.late)
         self.stats.dead_letters += len(cp.dead_letters) + len(cp.produced)
         for dl in [*cp.dead_letters, *cp.produced]:
             self.stats.rejected[dl.reason.value] += 1

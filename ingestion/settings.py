@@ -141,10 +141,40 @@ class RoundsSettings(BaseModel):
         float,
         Field(
             gt=0,
-            description="Seconds a SecAgg+ stage waits for devices before it closes with "
-            "whoever answered (the rest count as dropped).",
+            description="The stage deadline: seconds after a SecAgg+ stage opened at which "
+            "it closes with whoever answered (the rest count as dropped), when neither all "
+            "expected devices nor the goal count answered before. Long, so that a loaded "
+            "machine or network does not abort rounds.",
         ),
-    ] = 30.0
+    ] = 120.0
+    goal: Annotated[
+        int | None,
+        Field(
+            ge=2,
+            description="Goal count of a round's first stage: the devices it wants. With a "
+            "goal a round samples `goal * (1 + overselect)` check-ins when that many exist, "
+            "and a stage closes once its goal answered and `grace_s` passed; later stages' "
+            "goal is what survives `expected_dropout` of it, never below the round's release "
+            "floor (`min_clients`). Unset: every sampled device.",
+        ),
+    ] = None
+    overselect: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Share of extra devices sampled above `goal` (0.3: 130 % of the "
+            "goal), so that stragglers and dropouts do not keep a round from its goal.",
+        ),
+    ] = 0.3
+    grace_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Seconds a stage keeps collecting after its goal count answered, for "
+            "the stragglers; then it closes without waiting for its deadline (a stage that "
+            "every expected device answered closes at once).",
+        ),
+    ] = 2.0
     min_participants: Annotated[
         int,
         Field(
@@ -210,6 +240,9 @@ class RoundsSettings(BaseModel):
             "delta": self.delta,
             "scale": self.scale,
             "stage_timeout_s": self.stage_timeout_s,
+            "goal": self.goal,
+            "overselect": self.overselect,
+            "grace_s": self.grace_s,
             "min_participants": self.min_participants,
             "max_clients": self.max_clients,
             "checkin_ttl_s": self.checkin_ttl_s,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 class IngestStats:
     records: int = 0
     accepted: int = 0
+    late: int = 0  # valid round messages that came after their stage closed (not rejected)
     rejected: Counter[str] = field(default_factory=Counter)
     dead_letters: int = 0
     batches: int = 0
@@ -29,6 +30,7 @@ class IngestStats:
         return {
             "records": self.records,
             "accepted": self.accepted,
+            "late": self.late,
             "rejected": dict(sorted(self.rejected.items())),
             "dead_letters": self.dead_letters,
             "batches": self.batches,

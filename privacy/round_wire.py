@@ -7,10 +7,11 @@ Devices -> region (HPKE envelopes on the ingest topic, one payload each):
   a fresh random ``token`` instead of any device id, so the backend cannot link a device's
   rounds; the device recognises itself in :class:`RoundOpen` by its token.
 * the SecAgg+ client messages (``secagg_advertise``, ``secagg_shares``, ``masked_input``,
-  ``secagg_unmask_shares``), registered here as envelope payloads.
+  ``secagg_consistency_sig``, ``secagg_unmask_shares``), registered here as envelope payloads.
 
 Region -> devices (clear JSON on the rounds topic, keyed by ``round_id``): :class:`RoundOpen`,
-the SecAgg+ server messages (``secagg_neighbours``, ``secagg_forward``, ``secagg_unmask``),
+the SecAgg+ server messages (``secagg_neighbours``, ``secagg_forward``,
+``secagg_consistency``, ``secagg_unmask``),
 and :class:`RoundClosed`. Nothing on the rounds topic is secret: public parameters, public
 keys, AEAD ciphertexts only the addressee can open, and survivor/dropped id lists.
 
@@ -29,6 +30,8 @@ from privacy.adapter_plan import AdapterPlan
 from privacy.round import RoundPlan
 from privacy.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     EncryptedShares,
     ForwardedShares,
     MaskedInput,
@@ -47,6 +50,7 @@ STAGE_OF_TYPE: dict[str, str] = {
     "secagg_advertise": "advertise",
     "secagg_shares": "shares",
     "masked_input": "masked",
+    "secagg_consistency_sig": "consistency",
     "secagg_unmask_shares": "unmask",
 }
 CLIENT_PAYLOADS = frozenset(STAGE_OF_TYPE)
@@ -169,7 +173,7 @@ class RoundClosed(Frozen):
 
 
 RoundsMessage = Annotated[
-    RoundOpen | NeighbourKeys | ForwardedShares | UnmaskRequest | RoundClosed,
+    RoundOpen | NeighbourKeys | ForwardedShares | ConsistencyRequest | UnmaskRequest | RoundClosed,
     Field(discriminator="type"),
 ]
 _ROUNDS = TypeAdapter(RoundsMessage)
@@ -177,7 +181,7 @@ _ROUNDS = TypeAdapter(RoundsMessage)
 
 def parse_rounds_message(
     raw: bytes,
-) -> RoundOpen | NeighbourKeys | ForwardedShares | UnmaskRequest | RoundClosed:
+) -> RoundOpen | NeighbourKeys | ForwardedShares | ConsistencyRequest | UnmaskRequest | RoundClosed:
     """Bytes from the rounds topic to a message (raises ``pydantic.ValidationError``)."""
     return _ROUNDS.validate_json(raw)
 
@@ -195,6 +199,7 @@ for _name, _model in (
     ("secagg_advertise", AdvertiseKeys),
     ("secagg_shares", EncryptedShares),
     ("masked_input", MaskedInput),
+    ("secagg_consistency_sig", ConsistencySignature),
     ("secagg_unmask_shares", UnmaskResponse),
 ):
     register_payload(_name, _model)

@@ -7,8 +7,12 @@ idempotent producer to the region's ingest topic. Each device still seals every 
 the region's current HPKE key; sharing the producer only saves sockets.
 
 Dropouts are injected: ``drop[stage]`` is the set of device ids that vanish instead of
-answering ``stage`` (``advertise``, ``shares``, ``masked``, ``unmask``, as in
-:data:`privacy.secagg.simulate.STAGES`) and stay silent afterwards.
+answering ``stage`` (``advertise``, ``shares``, ``masked``, ``consistency``, ``unmask``, as
+in :data:`privacy.secagg.simulate.STAGES`) and stay silent afterwards.
+
+Enrollment is simulated too: the fleet holds the region's device-credential issuer and gives
+each device a fresh one-round credential at every check-in (what an attested enrollment
+service would hand a real device in batches).
 
 Use it in a test loop with :meth:`DeviceFleet.pump`, or from a thread with :meth:`run`.
 """
@@ -30,6 +34,7 @@ from backend import keystore
 from edge_client.outbox import Outbox
 from edge_client.producer import OutboxProducer
 from edge_client.round_client import STAGE_OF, KeptInput, OutboxTransport, RoundParticipant
+from privacy.credential import CredentialIssuer, CredentialWallet, IssuerVerifier
 from privacy.keys import KeyEntry
 from privacy.policy import RegionPolicy
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
@@ -60,6 +65,8 @@ class DeviceFleet:
         ``stage -> device ids`` that vanish instead of answering that stage.
     keep_inputs
         Keep each device's quantized input and noise share (for tests' ground truth).
+    issuer
+        The device-credential issuer (default: the region's, from its key directory).
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class DeviceFleet:
         randomness: Randomness = DEFAULT_RANDOMNESS,
         timeout_s: float = 10.0,
         floor: PrivacyFloor = DEFAULT_FLOOR,
+        issuer: CredentialIssuer | None = None,
     ) -> None:
         self.policy = policy
         self.region = region
@@ -100,6 +108,10 @@ class DeviceFleet:
             client_id=f"sotto-fleet-{region}",
         )
         transport = OutboxTransport(self.home, self._outbox, self._producer, self._current_key)
+        self.issuer = issuer or keystore.credential_issuer(self.home.keyset_dir, region)
+        trust = keystore.credential_trust(self.home.keyset_dir, region)
+        if issuer is not None:
+            trust = IssuerVerifier(region, {issuer.key_id: issuer.public_key}, valid_at=0.0)
         self.participants: dict[str, RoundParticipant] = {
             dev: RoundParticipant(
                 region,
@@ -110,6 +122,8 @@ class DeviceFleet:
                 randomness=randomness,
                 keep_inputs=keep_inputs,
                 floor=floor,
+                wallet=CredentialWallet(),
+                trust=trust,
             )
             for dev, cohort in self.devices.items()
         }
@@ -164,11 +178,25 @@ class DeviceFleet:
             self._key = keystore.load_keyset(self.home.keyset_dir).current()
         return self._key
 
+    def _enroll(self, device_ids: Sequence[str]) -> None:
+        """One fresh credential per device per check-in; expiry rounded to the day (coarse,
+        so that it does not tell devices apart)."""
+        day = 86_400
+        not_after = (int(time.time()) // day + 8) * day
+        for d in device_ids:
+            wallet = self.participants[d].wallet
+            if len(wallet) < 2:
+                wallet.add(
+                    self.issuer.issue(not_after=not_after, rng=self.randomness) for _ in range(2)
+                )
+
     # -- the simulation -------------------------------------------------------------------
     def checkin(self, device_ids: Sequence[str] | None = None) -> dict[str, str]:
         """Every (or the given) device checks in; returns ``token -> device_id``."""
         self._key = None
-        out = {self.participants[d].checkin(): d for d in (device_ids or list(self.devices))}
+        ids = device_ids or list(self.devices)
+        self._enroll(ids)
+        out = {self.participants[d].checkin(): d for d in ids}
         self._producer.flush_outbox()
         return out
 

@@ -37,7 +37,7 @@ class ServerState(StrEnum):
     COLLECT_KEYS = "collect_keys"
     COLLECT_SHARES = "collect_shares"
     COLLECT_MASKED = "collect_masked"
-    COLLECT_SIGNATURES = "collect_signatures"
+    COLLECT_SIGNATURES = "collect_sigs"
     COLLECT_UNMASK = "collect_unmask"
     DONE = "done"
     ABORTED = "aborted"

@@ -42,8 +42,10 @@ from ingestion.rounds_db import (
     round_releases,
     rounds,
 )
+from privacy.credential import CredentialIssuer, CredentialWallet, IssuerVerifier
 from privacy.ledger import Budget
 from privacy.policy import RegionConfig
+from privacy.rand import SystemRandomness
 from privacy.round_wire import RoundClosed, RoundOpen, parse_rounds_message
 from privacy.wire import Frozen
 
@@ -71,6 +73,14 @@ class _Header:
     msg_id: str
 
 
+# The region's device-credential issuer (enrollment, simulated) and what devices pin.
+ISSUER = CredentialIssuer.generate("eu", "test-issuer", SystemRandomness())
+
+
+def trust(region: str) -> IssuerVerifier:
+    return IssuerVerifier(region, {ISSUER.key_id: ISSUER.public_key}, valid_at=0.0)
+
+
 class Devices:
     """One cohort's devices without Kafka or HPKE. Their transport queues payloads; ``pump``
     delivers the rounds-topic rows the outbox holds (published or not) since the last pump,
@@ -82,7 +92,15 @@ class Devices:
         self.queued: list[tuple[Frozen, _Header]] = []
         self.read_upto = 0
         self.participants = [
-            RoundParticipant(config.name, COHORT, self, self._contribution, layout="t")
+            RoundParticipant(
+                config.name,
+                COHORT,
+                self,
+                self._contribution,
+                layout="t",
+                wallet=CredentialWallet(),
+                trust=trust(config.name),
+            )
             for _ in range(n)
         ]
 
@@ -100,6 +118,7 @@ class Devices:
     # -- driving ----------------------------------------------------------------------------
     def checkin(self, now: datetime) -> None:
         for p in self.participants:
+            p.wallet.add([ISSUER.issue(not_after=1 << 40, rng=SystemRandomness())])
             p.checkin()
         self._store(now)
 
@@ -165,7 +184,13 @@ class Region:
 
     def coordinator(self, holder: str) -> RoundCoordinator:
         return RoundCoordinator(
-            self.engine, None, self.config, budget=BUDGET, lease_s=LEASE_S, holder=holder
+            self.engine,
+            None,
+            self.config,
+            budget=BUDGET,
+            lease_s=LEASE_S,
+            holder=holder,
+            credentials=trust(self.config.name),
         )
 
 

@@ -16,6 +16,7 @@ import pytest
 from kafka import KafkaProducer
 from sqlalchemy import func, select
 
+from backend import keystore
 from backend.storage import reading
 from deploy.settings import SottoSettings
 from deploy.simulation.device_fleet import DeviceFleet
@@ -102,7 +103,13 @@ def test_sigkill_mid_round_restart_releases_exactly_once(
 
         _pump_until(fleet, checked_in, 60, proc)
         producer = KafkaProducer(bootstrap_servers=eu.bootstrap_servers, acks="all")
-        coordinator = RoundCoordinator(engine, producer, eu, budget=BUDGET)
+        coordinator = RoundCoordinator(
+            engine,
+            producer,
+            eu,
+            budget=BUDGET,
+            credentials=keystore.credential_trust(eu.keyset_dir, "eu"),
+        )
         spec = RoundSpec(
             layout="t", dim=DIM, clip=2.0, scale=SCALE, epsilon=2.0, delta=1e-6, stage_timeout_s=120
         )
@@ -147,6 +154,6 @@ def test_sigkill_mid_round_restart_releases_exactly_once(
             )
         ]
     assert [e["round_id"] for e in events] == [res.round_id]
-    assert stages == ["advertise", "shares", "masked", "unmask"]
+    assert stages == ["advertise", "shares", "masked", "consistency", "unmask"]
     assert verify_chain(engine, "eu") == (True, None)
     print(f"killed in {killed_at}; log: {log}")

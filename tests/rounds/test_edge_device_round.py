@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from backend import keystore
 from deploy.settings import SottoSettings
 from edge_client.device import EdgeDevice
 from edge_client.round_client import RoundParticipant, adapter_plan, summary_contribution
@@ -17,8 +18,10 @@ from edge_client.steps import AgentStep
 from ingestion.round_open import RoundSpec
 from ingestion.round_service import RoundService
 from privacy.adapter_plan import AdapterPlan
+from privacy.credential import CredentialWallet
 from privacy.ledger import Budget
 from privacy.quantize import clip_l2
+from privacy.rand import SystemRandomness
 from privacy.round_wire import RoundOpen, parse_rounds_message
 from privacy.wire import EMBEDDING_DIM, ReleasedAggregate
 from tests.ingestion.helpers import read_all
@@ -32,6 +35,8 @@ APPS = ("Spotify", "Maps", "WeChat", "Mail", "Camera")
 def test_edge_devices_contribute_their_summary(settings: SottoSettings, tmp_path: Path) -> None:
     clock, n, scale, clip = StepClock(), len(APPS), 512.0, 1.0
     eu = settings.policy.region("eu")
+    issuer = keystore.credential_issuer(eu.keyset_dir, "eu")  # enrollment, simulated
+    trust = keystore.credential_trust(eu.keyset_dir, "eu")  # what the phones pin
     plan = AdapterPlan(cohort="ce", live_version=3, shadow_version=4)
     seen_plans: list[AdapterPlan | None] = []
     vectors: list[np.ndarray] = []
@@ -60,8 +65,17 @@ def test_edge_devices_contribute_their_summary(settings: SottoSettings, tmp_path
                 vectors.append(base(announce))
                 return vectors[-1]
 
+            wallet = CredentialWallet([issuer.issue(not_after=1 << 40, rng=SystemRandomness())])
             parts.append(
-                RoundParticipant("eu", "ce", dev.round_transport(), contrib, keep_inputs=True)
+                RoundParticipant(
+                    "eu",
+                    "ce",
+                    dev.round_transport(),
+                    contrib,
+                    keep_inputs=True,
+                    wallet=wallet,
+                    trust=trust,
+                )
             )
         consumer = KafkaConsumer(bootstrap_servers=eu.bootstrap_servers, group_id=None)
         tps = [TopicPartition(eu.t.rounds, p) for p in consumer.partitions_for_topic(eu.t.rounds)]

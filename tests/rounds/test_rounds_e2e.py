@@ -151,7 +151,7 @@ def test_two_regions_release_dp_sums_with_dropouts(settings: SottoSettings, tmp_
             assert len(release) == 1 and release[0]["participants"] == len(kept)
             assert release[0]["dropped"] == len(gone) and release[0]["epsilon"] > 0
             stages = [json.loads(r.detail)["stage"] for r in rows if r.event == "round_stage"]
-            assert stages == ["advertise", "shares", "masked", "unmask"]
+            assert stages == ["advertise", "shares", "masked", "consistency", "unmask"]
 
 
 def test_round_without_noise_is_exact_and_never_published(
