@@ -44,6 +44,7 @@ from privacy.ledger import Budget, ChargeEvent, Ledger
 from privacy.rand import Randomness
 from privacy.round import RoundPlan, plan_round
 from privacy.round_wire import NoiseSpec, RoundOpen, envelope_bytes_estimate, round_id_for
+from privacy.secagg import sizing
 from privacy.secagg.graph import shuffled
 
 
@@ -72,6 +73,8 @@ class RoundSpec:
     t: int | None = None
     bits: int | None = None
     dropout: float | None = None  # expected share of vanishing devices: sizes the graph
+    corrupt: float = sizing.DEFAULT_CORRUPT  # share of devices that may collude with the server
+    risk: float = sizing.DEFAULT_RISK  # the round's allowed failure probability (abort + exposure)
     stage_timeout_s: float = 120.0  # the stage deadline: long enough for a loaded machine
     goal: int | None = None
     overselect: float = 0.3
@@ -172,6 +175,8 @@ def plan(round_id: str, n: int, spec: RoundSpec, max_envelope_bytes: int) -> Rou
         min_clients=spec.min_clients,
         bits=spec.bits,
         dropout=spec.dropout,
+        corrupt=spec.corrupt,
+        risk=spec.risk,
     )
     size = envelope_bytes_estimate(spec.dim, p.params.bits)
     if size > max_envelope_bytes:
@@ -199,6 +204,9 @@ def open_round(
 ) -> OpenResult:
     """Decide and persist one round in the caller's transaction (see module docs)."""
     ts = now.timestamp()
+    # The cohort's ledger row first, FOR UPDATE on PostgreSQL: a concurrent open of the same
+    # cohort waits here and then numbers its round after ours (and sees our charge).
+    ledger = ledger_store.load(conn, region, cohort, budget)
     rnd = next_round(conn, region, cohort)
     rid = round_id_for(region, cohort, rnd)
     tokens = (
@@ -251,7 +259,6 @@ def open_round(
         rp = plan(rid, len(tokens), spec, max_envelope_bytes)
     except ConfigError as exc:
         return refuse("bad_config", str(exc))
-    ledger = ledger_store.load(conn, region, cohort, budget)
     if spec.epsilon is not None:
         charge = rp.charge_event(region, cohort)
         held = Ledger(

@@ -205,9 +205,28 @@ class RoundsSettings(BaseModel):
             ge=0,
             lt=0.5,
             description="Share of sampled devices expected to vanish mid-round; the SecAgg+ "
-            "neighbour graph is sized so that a round survives it (unset: k = O(log n)).",
+            "neighbour graph is sized so that a round survives it (unset: 10 %).",
         ),
     ] = None
+    corrupt_fraction: Annotated[
+        float,
+        Field(
+            ge=0,
+            lt=0.5,
+            description="Share of devices assumed to collude with a malicious coordinator; "
+            "k and t are chosen so that no honest device is exposed (2t - k colluding "
+            "neighbours) except with probability `failure_risk`.",
+        ),
+    ] = 0.05
+    failure_risk: Annotated[
+        float,
+        Field(
+            gt=0,
+            lt=1e-2,
+            description="Allowed probability per round that some device is exposed or keeps "
+            "fewer than t surviving neighbours (union bound, Bell et al.).",
+        ),
+    ] = 1e-6
     lease_s: Annotated[
         float,
         Field(
@@ -247,5 +266,7 @@ class RoundsSettings(BaseModel):
             "max_clients": self.max_clients,
             "checkin_ttl_s": self.checkin_ttl_s,
             "dropout": self.expected_dropout,
+            "corrupt": self.corrupt_fraction,
+            "risk": self.failure_risk,
         }
         return RoundSpec(layout=layout, dim=dim, clip=clip, **{**fields, **overrides})
