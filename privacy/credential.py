@@ -23,7 +23,7 @@ Sans-IO: keys and time are passed in.
 >>> issuer = CredentialIssuer.generate("eu", "dev-ca-1", rng)
 >>> cred, key = issuer.issue(not_after=2_000_000_000, rng=rng)
 >>> verifier = IssuerVerifier("eu", {issuer.key_id: issuer.public_key}, valid_at=1_900_000_000)
->>> verifier.public_key(cred) == key.public
+>>> verifier.public_key(cred).public_bytes_raw() == key.public
 True
 """
 
@@ -158,10 +158,6 @@ class IssuerVerifier:
 
     def public_key(self, credential: DeviceCredential) -> ed25519.Ed25519PublicKey:
         c = credential
-        cache_key = c.signature + c.public_key
-        hit = self._cache.get(cache_key)
-        if hit is not None:
-            return hit
         if c.region != self.region:
             raise RemoteProtocolError(
                 ProtocolReason.BAD_CREDENTIAL, f"credential of region {c.region!r}"
@@ -171,10 +167,15 @@ class IssuerVerifier:
             raise RemoteProtocolError(ProtocolReason.BAD_CREDENTIAL, "unknown credential issuer")
         if c.not_after < self.valid_at:
             raise RemoteProtocolError(ProtocolReason.BAD_CREDENTIAL, "credential expired")
+        signed = credential_bytes(c.region, c.issuer, c.not_after, c.public_key)
+        # The cache skips only the signature check, keyed by every signed field (a copy with
+        # another region or expiry but the same signature is not the statement that was signed).
+        cache_key = signed + c.signature
+        hit = self._cache.get(cache_key)
+        if hit is not None:
+            return hit
         try:
-            issuer.verify(
-                c.signature, credential_bytes(c.region, c.issuer, c.not_after, c.public_key)
-            )
+            issuer.verify(c.signature, signed)
             key = ed25519.Ed25519PublicKey.from_public_bytes(c.public_key)
         except (InvalidSignature, ValueError):
             raise RemoteProtocolError(

@@ -167,7 +167,7 @@ class SecAggClient:
     def _on_neighbours(self, msg: NeighbourKeys) -> EncryptedShares:
         p = self.params
         ids = [nb.cid for nb in msg.neighbours]
-        if len(set(ids)) != len(ids) or self.cid in ids or any(i >= p.n for i in ids):
+        if len(set(ids)) != len(ids) or self.cid in ids or any(not 0 <= i < p.n for i in ids):
             raise RemoteProtocolError(
                 ProtocolReason.BAD_NEIGHBOURS, f"{self._who()}: invalid neighbour list"
             )
@@ -225,6 +225,15 @@ class SecAggClient:
             raise RemoteProtocolError(
                 ProtocolReason.BAD_FORWARD,
                 f"{self._who()}: shares from non-neighbours or repeated senders",
+            )
+        if len(senders) < p.t:
+            # Its masked input would carry pairwise masks with fewer than t neighbours (none
+            # at all for an empty list): the server, which must rebuild this client's
+            # self-mask seed from t holders, could then also strip those few masks (their
+            # owners "dropped") and read the input. An honest server aborts instead.
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_FORWARD,
+                f"{self._who()}: shares from {len(senders)} neighbours < t={p.t}",
             )
         held: dict[int, tuple[bytes, bytes]] = {}
         for s in msg.shares:

@@ -24,9 +24,19 @@ _PRIV = serialization.PrivateFormat.Raw
 _SHARE_PLAIN = struct.Struct(f">II{SHARE_BYTES}s{SHARE_BYTES}s")
 
 
+def clamp(raw: bytes) -> bytes:
+    """The canonical (RFC 7748 clamped) encoding of an X25519 private key: the 32 encodings
+    that differ only in the 5 bits clamping ignores are the same key."""
+    b = bytearray(raw)
+    b[0] &= 248
+    b[31] = (b[31] & 127) | 64
+    return bytes(b)
+
+
 def new_keypair(rng: Randomness) -> tuple[x25519.X25519PrivateKey, bytes]:
-    """An X25519 key from the caller's randomness (so tests can be reproducible)."""
-    sk = x25519.X25519PrivateKey.from_private_bytes(rng.token_bytes(32))
+    """An X25519 key from the caller's randomness (so tests can be reproducible), stored
+    clamped, so its raw bytes are the one encoding a rebuilt key is checked against."""
+    sk = x25519.X25519PrivateKey.from_private_bytes(clamp(rng.token_bytes(32)))
     return sk, public_bytes(sk)
 
 

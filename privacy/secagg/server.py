@@ -394,7 +394,9 @@ class SecAggServer:
 
         def key_ok(owner: int) -> Callable[[bytes], bool]:
             pk = self._keys[owner][0]
-            return lambda s: _public_of(s) == pk
+            # Canonical encoding only: 32 raw keys share one public key, and a holder who
+            # could steer the rebuilt key to another of them would frame an honest holder.
+            return lambda s: s == crypto.clamp(s) and _public_of(s) == pk
 
         for i in sorted(self._u3):
             seed = self._reconstruct(i, self._seed_shares.get(i, []), "self-mask seed", seed_ok(i))
