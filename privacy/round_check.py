@@ -13,6 +13,10 @@ devices than the release floor is overclaimed (at 11 survivors of noise meant fo
 release costs ε 3.3, not 1). The device refuses such a round and recomputes ε at exactly
 ``params.min_clients``, the fewest inputs a release can hold.
 
+Against an active coordinator the floor is lower: it can isolate the sum of a group of
+``t + 1`` clients (:func:`active_floor`; see privacy/secagg/client.py), so the device also
+computes ε at that count and refuses above ``max_epsilon_active``.
+
 What it cannot check alone: that at least ``min_clients`` inputs really are summed. The
 consistency round makes the server show every survivor one signed survivor set of at least
 ``min_clients`` ids, but ids of devices that never sent an input cannot be told apart from
@@ -21,6 +25,7 @@ real survivors by one device; see docs/threat-model.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from privacy import accountant, dp, quantize
@@ -32,8 +37,10 @@ from privacy.round_wire import RoundOpen
 class PrivacyFloor:
     """What a device accepts. ``allow_unnoised`` exists for test deployments only."""
 
-    max_epsilon: float = 8.0  # per round
+    max_epsilon: float = 8.0  # per round, as announced (release of >= min_clients inputs)
     max_delta: float = 1e-5  # per round
+    # per round against an active coordinator, which can isolate a group of t + 1 clients
+    max_epsilon_active: float = 16.0
     min_participants: int = 3
     allow_unnoised: bool = False
     rel_tolerance: float = 1e-3
@@ -78,4 +85,24 @@ def check_round(announce: RoundOpen, floor: PrivacyFloor | None = None) -> float
             ProtocolReason.EPSILON_UNDERSTATED,
             f"announced ε={announce.epsilon:.4g} but the announced noise gives ε={true_eps:.4g}",
         )
+    active = active_floor(p.t, p.min_clients)
+    if active < p.min_clients:
+        z_active = dp.effective_multiplier(
+            quant.l2_sensitivity, noise.client_variance, active, p.dim
+        )
+        eps_active = accountant.epsilon([z_active], announce.delta) if z_active > 0 else math.inf
+        if eps_active > floor.max_epsilon_active:
+            raise RemoteProtocolError(
+                ProtocolReason.BUDGET_TOO_HIGH,
+                f"an active coordinator could release a sum of {active} inputs at "
+                f"ε={eps_active:.3g} > the device's {floor.max_epsilon_active:.3g}",
+            )
     return true_eps
+
+
+def active_floor(t: int, min_clients: int) -> int:
+    """The fewest inputs whose sum an active coordinator can isolate: a client unmasks only
+    with ``t`` signing neighbours it exchanged masks with, so an isolated group has at least
+    ``t + 1`` members (and never fewer than an honest release, ``min_clients``, when that is
+    smaller)."""
+    return min(min_clients, t + 1)

@@ -14,8 +14,11 @@ Against an active server (docs/threat-model.md) the client trusts nothing it is 
 * it signs exactly one survivor set (the consistency round) and unmasks only for that set,
   and only when at least ``t`` of its neighbours signed the same set;
 * it validates the unmask request: ids in range, survivors and dropped disjoint, every
-  neighbour whose shares it holds in exactly one list, dropped ones only among those, at
-  least ``t`` surviving neighbours and ``min_clients`` survivors.
+  neighbour whose shares it holds in exactly one list, dropped ones only among those, every
+  surviving neighbour one it exchanged masks with, at least ``t`` surviving neighbours and
+  ``min_clients`` survivors. Together with ``t`` signing neighbours this means a server can
+  only ever isolate the sum of a group of at least ``t + 1`` clients (the release floor
+  against an active server, which :func:`privacy.round_check.check_round` prices in ε).
 
 Out-of-order or replayed messages raise :class:`RemoteProtocolError` and are otherwise
 ignored (state unchanged), so a duplicate Kafka delivery cannot break a round. Any other
@@ -311,6 +314,14 @@ class SecAggClient:
                 f"{self._who()}: {len(held - survivors - dropped)} share owners in neither list",
             )
         alive = set(self._neighbours) & survivors
+        if not alive <= held:
+            # A "survivor" it never exchanged masks with: the server hid that neighbour's shares
+            # from it, so its input is masked only towards the clients it was shown; with those
+            # declared dropped, a small group's sum (or one input) would come out.
+            raise RemoteProtocolError(
+                ProtocolReason.BAD_UNMASK_REQUEST,
+                f"{self._who()}: {len(alive - held)} surviving neighbours it shares no masks with",
+            )
         if len(alive) < p.t:
             raise RemoteProtocolError(
                 ProtocolReason.TOO_FEW_SURVIVORS,

@@ -378,7 +378,7 @@ class SecAggServer:
                 )
             )
         self._asked = frozenset(m.to for m in out)
-        self._need(len(self._asked), "collect_signatures", "signers with t signing neighbours")
+        self._need(len(self._asked), "collect_sigs", "signers with t signing neighbours")
         return out
 
     def _unmask(self) -> AggregateResult:

@@ -420,14 +420,8 @@ def test_a1_forwarding_the_target_too_few_shares_is_refused(ring40: Rig) -> None
     assert crypto.seed_commitment(rig.p.round_id, TARGET, seed) == rig.adverts[TARGET].seed_commit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="residual: a server that declares honest clients dropped and forwards selectively "
-    "releases the sum of 2t-k+1 = 3 inputs (min_clients = 20) on an honest-looking ring",
-)
-def test_residual_sum_of_three_on_a_ring(ring40: Rig) -> None:
-    """Residual weakness (not fixed: it needs a graph and a U2 the clients can verify).
+def test_selective_forwarding_cannot_isolate_a_small_group(ring40: Rig) -> None:
+    """Found by this audit, now refused: the attack below used to release x0 + x1 + x2.
 
     Ring positions = ids, k=16, t=9. Q = {0, 1, 2}; D = {3..8, 39} (7 clients) are declared
     dropped after sharing, though they sent masked inputs. Each q in Q is forwarded shares
@@ -441,6 +435,11 @@ def test_residual_sum_of_three_on_a_ring(ring40: Rig) -> None:
     among <= k neighbours, so >= 2t-k of them are in Q: Q >= 2t-k+1 is the real release floor
     against an active server (here 3, not min_clients=20: the sum carries 3/20 of the noise
     variance it was calibrated for). With the 2t-k = 2 other members of Q colluding, x0 itself.
+
+    The fix: a client unmasks only if every surviving neighbour is one it exchanged masks
+    with (q is shown "survivors" it never got shares from). Then an isolated group needs t
+    signing neighbours inside it, so it has at least t + 1 members: the floor the device
+    prices in its ε check (``round_check``).
     """
     rig = ring40.clone()
     q_set, d_set = {0, 1, 2}, {3, 4, 5, 6, 7, 8, 39}
@@ -451,8 +450,8 @@ def test_residual_sum_of_three_on_a_ring(ring40: Rig) -> None:
     if rig.consistency({c: survivors for c in survivors}):
         raise RuntimeError("setup: consistency refused")
     loot, _, refused = rig.unmask(rig.request(c) for c in survivors)
-    if refused:
-        raise RuntimeError(f"setup: unmask refused {refused}")
+    assert q_set <= set(refused)
+    assert {refused[q].reason for q in q_set} == {"bad_unmask_request"}
     got = rig.read_sum(q_set, loot)
     assert got is None or not np.array_equal(got, rig.truth(q_set)), (
         "the server read the exact sum of 3 inputs"
@@ -501,8 +500,9 @@ def test_a2_survivor_ids_outside_the_round_are_refused() -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="residual (documented in round_check): ids of devices that never joined pad the "
-    "survivor set, and a sum of 7 < min_clients=8 is released",
+    reason="residual, within the stated active-server floor t + 1 = 7: ids of devices that "
+    "never joined pad the survivor set to min_clients=8, and a sum of 7 is released "
+    "(devices price this floor in round_check)",
 )
 def test_residual_padding_with_ids_of_devices_that_never_joined() -> None:
     """Only 0..7 take part (8 and 9 never advertise); 7 is declared dropped after sharing.

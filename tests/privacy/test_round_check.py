@@ -6,7 +6,7 @@ import pytest
 
 from privacy.errors import RemoteProtocolError
 from privacy.round import plan_round
-from privacy.round_check import PrivacyFloor, check_round
+from privacy.round_check import PrivacyFloor, active_floor, check_round
 from privacy.round_wire import NoiseSpec, RoundOpen, round_id_for
 
 TOKENS = tuple(f"{i:032x}" for i in range(20))
@@ -63,3 +63,18 @@ def test_ceiling_and_cohort_size() -> None:
     with pytest.raises(RemoteProtocolError) as exc:
         check_round(_announce(epsilon=1.0, min_clients=21))
     assert exc.value.reason == "noise_overclaimed"
+
+
+def test_the_active_server_floor_is_priced_in() -> None:
+    """An active coordinator can isolate a group of t + 1 clients, fewer than min_clients here:
+    the device computes ε at that count too and refuses above its active-server ceiling."""
+    rid = round_id_for("eu", "c1", 4)
+    rp = plan_round(
+        rid, n=20, dim=64, clip=1.0, scale=256.0, epsilon=1.0, delta=1e-6, min_clients=18
+    )
+    assert active_floor(rp.params.t, rp.params.min_clients) == rp.params.t + 1 < 18
+    announce = _announce().model_copy(update={"params": rp.params, "noise": NoiseSpec.of(rp.noise)})
+    assert check_round(announce) <= 1.0 * 1.001  # the honest floor: as announced
+    with pytest.raises(RemoteProtocolError, match="active coordinator") as exc:
+        check_round(announce, PrivacyFloor(max_epsilon_active=1.2))
+    assert exc.value.reason == "budget_too_high"
