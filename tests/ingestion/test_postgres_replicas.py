@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kafka import KafkaProducer
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -38,7 +39,6 @@ from tests.ingestion.helpers import (
     Truth,
     assert_matches,
     dead_letters,
-    produce,
     random_summary,
     seal_for,
 )
@@ -106,9 +106,30 @@ def _stream(
     bad: dict[tuple[int, int], bytes] = {}
     if before is not None:
         before()
-    for p, vals in enumerate(by_partition):
-        meta = produce(settings.kafka_bootstrap or "", eu.t.ingest, vals, partition=p)
-        bad.update({m: v for m, v in zip(meta, vals, strict=True) if v in bad_values})
+    # Interleaved, so every partition gets records from the start: produced one
+    # partition after another, the last partition's owner saw nothing for as long as the
+    # others took on a busy machine, and idle-exited (--max-idle-s) before its records came.
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_request_size=1 << 22,
+    )
+    try:
+        sent = [
+            (producer.send(eu.t.ingest, value=v, partition=p), v)
+            for i in range(max(len(v) for v in by_partition))
+            for p, vals in enumerate(by_partition)
+            if i < len(vals)
+            for v in (vals[i],)
+        ]
+        producer.flush(120)
+        for future, v in sent:
+            m = future.get(timeout=60)
+            if v in bad_values:
+                bad[(m.partition, m.offset)] = v
+    finally:
+        producer.close()
     assert len(bad) == len(bad_values)
     return Stream(truth, {p: len(v) for p, v in enumerate(by_partition)}, bad)
 
