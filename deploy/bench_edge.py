@@ -12,12 +12,23 @@
   ``signed_adapter_bytes`` with its manifest and signature); ``adapter_swap_ms`` — verify +
   load + swap of a signed adapter (``DeviceModel.install``).
 * ``int8_vs_fp32_hit1`` — hit@1 of the int8 base minus the fp32 base, with the same adapter.
+* ``store`` — the device's context store, sealed (AES-GCM per row, :mod:`edge_client.sealing`)
+  and unsealed (:data:`~edge_client.sealing.UNSEALED`, same code and tables), side by side in
+  this run: ``record_us_*`` (mask, embed, seal, insert, commit with ``synchronous=FULL``),
+  ``window_ms_median`` (read and open the ``max_steps`` window and build the round summary
+  from it), and ``summary_build_ms_median`` (that window read plus the round's client work
+  above: the goal of <= 20 ms holds sealed). ``mask_us_*`` is :func:`edge_client.pii.mask` on
+  the tasks (with one in eight carrying a phone number or an address) and
+  ``suggest_masked_p99_us`` the hint's path, mask then suggest (goal p99 <= 1,000 us).
 """
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +37,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deploy.simulation.base_model import build_base_model
 from deploy.simulation.population import Population
+from edge_client.context_store import ContextStore
 from edge_client.contribution import Trunk, build_contribution
+from edge_client.pii import mask
 from edge_client.runtime import DeviceModel
+from edge_client.sealing import UNSEALED, FileKeyProvider, Keys
+from edge_client.steps import AgentStep
+from edge_client.summary import summarize
 from learner.finetune import fit_lora
 from learner.model import export_onnx, model_sha256
 from learner.publish import ship_lora
@@ -48,6 +64,54 @@ from privacy.wire import b64e, utcnow
 
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
+
+
+# Tasks with personal data, mixed in one in eight, so the masker's slow path is measured too.
+_PII_TASKS = (
+    "给13812345678发消息说我晚点到",
+    "导航到杭州市西湖区文三路259号",
+    "text +1 415 555 2671 that I'm running late",
+    "ship to 221B Baker Street, London NW1 6XE",
+)
+
+
+def _agent_steps(steps: list[Any]) -> list[AgentStep]:
+    out = []
+    for i, s in enumerate(steps):
+        task = _PII_TASKS[i // 8 % len(_PII_TASKS)] if i % 8 == 7 else s.instruction
+        out.append(
+            AgentStep(
+                action="Launch",
+                app=s.chosen_app,
+                instruction=task,
+                outcome=s.outcome,
+                timestamp=s.timestamp,
+            )
+        )
+    return out
+
+
+def _store_bench(
+    agent_steps: list[AgentStep], keys: Keys, path: Path, repeats: int
+) -> tuple[ContextStore, dict[str, float]]:
+    store = ContextStore(path, max_steps=200, half_life=timedelta(days=7), keys=keys)
+    record = []
+    for s in agent_steps:
+        t0 = time.perf_counter()
+        store.record(s)
+        record.append((time.perf_counter() - t0) * 1e6)
+    now = max(s.timestamp for s in agent_steps)
+    windows = []
+    for _ in range(repeats * 3):
+        t0 = time.perf_counter()
+        summarize(store.window(now))
+        windows.append((time.perf_counter() - t0) * 1e3)
+    return store, {
+        "steps": len(store),
+        "record_us_p50": round(_pct(record, 50), 1),
+        "record_us_p99": round(_pct(record, 99), 1),
+        "window_ms_median": round(statistics.median(windows), 3),
+    }
 
 
 def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7) -> dict[str, Any]:
@@ -90,6 +154,31 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
         device.suggest(s.instruction, s.context, k=3)
         lat.append((time.perf_counter() - t0) * 1e6)
 
+    # The device's stores, sealed and unsealed, on the same steps (200: a full window).
+    round_steps = [s for r in range(9) for s in pop.steps_for_round(dev, r)][:200]
+    agent_steps = _agent_steps(round_steps)
+    mask_us, masked_suggest = [], []
+    for i in range(calls):
+        task, s = agent_steps[i % len(agent_steps)].instruction, steps[i % len(steps)]
+        t0 = time.perf_counter()
+        text = mask(task)
+        t1 = time.perf_counter()
+        device.suggest(text, s.context, k=3)
+        t2 = time.perf_counter()
+        mask_us.append((t1 - t0) * 1e6)
+        masked_suggest.append((t2 - t0) * 1e6)
+    workdir = tempfile.TemporaryDirectory(prefix="sotto-bench-edge-")
+    root = Path(workdir.name)
+    stores, store_stats = {}, {}
+    for label, keys in (
+        ("unsealed", UNSEALED),
+        ("sealed", FileKeyProvider(root / "device.key")),
+    ):
+        stores[label], store_stats[label] = _store_bench(
+            agent_steps, keys, root / f"{label}.db", repeats
+        )
+    window_at = max(s.timestamp for s in agent_steps)
+
     # One round's client work, at a realistic neighbour count (k=30 ~ a 1,000-device round).
     plan = AdapterPlan(cohort="cn-c0", live_version=2, shadow_version=3, previous_version=1)
     adapters = {1: lora, 2: lora, 3: lora}
@@ -114,7 +203,13 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
     )
     rng = SystemRandomness()
     builds, envelope_bytes = [], 0
+    with_store: dict[str, list[float]] = {label: [] for label in stores}
     for _ in range(repeats):
+        reads = {}
+        for label, store in stores.items():  # the round starts from the stored window
+            t0 = time.perf_counter()
+            summarize(store.window(window_at))
+            reads[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
         vec = build_contribution(trunk, steps, plan, dev.device_id, adapters=adapters)
         encoded = client_input(vec, rplan, rng)
@@ -137,6 +232,14 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
         t_seal = time.perf_counter() - t1
         envelope_bytes = len(env.to_bytes())
         builds.append((t_client + secagg_s + t_seal) * 1e3)
+        for label, read in reads.items():
+            with_store[label].append((read + t_client + secagg_s + t_seal) * 1e3)
+    for label, store in stores.items():
+        store_stats[label]["summary_build_ms_median"] = round(
+            statistics.median(with_store[label]), 2
+        )
+        store.close()
+    workdir.cleanup()
 
     held = StepArrays.from_steps(
         s for d in pop.devices_in("cn-c0") for r in (1, 2) for s in pop.heldout(d, r)
@@ -158,4 +261,8 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
         "fp32_hit1": round(report.fp32_hit_at_1, 4),
         "int8_hit1": round(report.int8_hit_at_1, 4),
         "heldout_steps": report.n,
+        "mask_us_p50": round(_pct(mask_us, 50), 1),
+        "mask_us_p99": round(_pct(mask_us, 99), 1),
+        "suggest_masked_p99_us": round(_pct(masked_suggest, 99), 1),
+        "store": store_stats,
     }

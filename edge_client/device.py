@@ -30,6 +30,8 @@ from edge_client.context_store import ContextStore
 from edge_client.keys import KeySource, resolve
 from edge_client.outbox import Outbox
 from edge_client.producer import OutboxProducer
+from edge_client.retention import DEFAULT_RETENTION, RetentionPolicy
+from edge_client.sealing import FileKeyProvider, KeyProvider
 from edge_client.steps import AgentStep
 from edge_client.summary import summarize
 from privacy.envelope import seal
@@ -75,6 +77,12 @@ class EdgeDevice:
         The context window (see :class:`ContextStore`).
     timeout_s
         Bound on each broker interaction (see :class:`OutboxProducer`).
+    keys
+        Where the master key that seals every store lives (:mod:`edge_client.sealing`);
+        default: ``device.key`` (mode 0600) in ``data_dir``. On a phone, a Keystore- or
+        Keychain-backed :class:`~edge_client.sealing.KeyProvider`.
+    retention
+        How long each store keeps what (:class:`~edge_client.retention.RetentionPolicy`).
     """
 
     def __init__(
@@ -89,6 +97,8 @@ class EdgeDevice:
         max_steps: int = 200,
         half_life: timedelta = timedelta(days=7),
         timeout_s: float = 5.0,
+        keys: KeyProvider | None = None,
+        retention: RetentionPolicy = DEFAULT_RETENTION,
     ) -> None:
         for name, value in (("device_id", device_id), ("cohort", cohort)):
             if not re.fullmatch(ID_PATTERN, value):
@@ -106,8 +116,12 @@ class EdgeDevice:
         self._home: RegionConfig = policy.region(region)  # ConfigError for unknown regions
         if isinstance(keyset, KeySet) and keyset.region != region:
             raise ConfigError(f"key set of {keyset.region!r} given to a device of {region!r}")
-        self._context = ContextStore(self.data_dir / "context.db", max_steps, half_life)
-        self._outbox = Outbox(self.data_dir / "outbox.db")
+        self.retention = retention
+        self._keys = keys if keys is not None else FileKeyProvider(self.data_dir / "device.key")
+        self._context = ContextStore(
+            self.data_dir / "context.db", max_steps, half_life, keys=self._keys, retention=retention
+        )
+        self._outbox = Outbox(self.data_dir / "outbox.db", keys=self._keys, retention=retention)
         self._producer = OutboxProducer(
             self._outbox,
             self._home.bootstrap_servers,
@@ -132,7 +146,8 @@ class EdgeDevice:
         return len(self._outbox.pending())
 
     def record_step(self, step: AgentStep) -> None:
-        """Add an agent step to the local context (typed text is dropped first)."""
+        """Add an agent step to the local context (typed text is dropped and personal data
+        masked first, :meth:`AgentStep.redacted`)."""
         self._context.record(step)
 
     def context_embedding(self, now: datetime | None = None) -> np.ndarray:

@@ -11,6 +11,9 @@ own probabilities for them, rounded to two digits. Never the context embedding, 
 history, other users' scores or anything the user typed. The hint does go into the agent's
 prompt, so it reaches whatever endpoint serves the agent's model: keep ``min_score`` high
 enough that only real habits are stated, and ``show_scores=False`` drops the numbers too.
+The task itself is read masked (:func:`edge_client.pii.mask`: "给<PHONE>发消息"), as the
+device stores and embeds it; the hint never repeats the task, and :meth:`augment_task`
+hands the agent its task unchanged (it needs the number to act).
 
 When the hint stays silent (empty string, ``choose_app`` is None):
 
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
+from edge_client.pii import mask
 from privacy.catalog import CANDIDATES, INTENT_APPS
 
 if TYPE_CHECKING:
@@ -179,6 +183,7 @@ class PreferenceHint:
         hint should stay silent (see the module docstring for when)."""
         if not instruction.strip() or named_apps(instruction):
             return []
+        instruction = mask(instruction)  # embedded and remembered as the device stores it
         suggestions = self.model.suggest(instruction, self.context(), k=self.k)
         return self._select(suggestions)
 

@@ -10,7 +10,10 @@ happened. :meth:`AgentStep.from_autoglm` converts the agent's dict directly.
 Privacy: a step can carry raw text the user typed (``text``) or the agent said (``message``),
 because the agent needs it to act. None of it is ever stored or sent: :meth:`AgentStep.redacted`
 drops it before the context store persists a step, and :meth:`AgentStep.embedding` hashes
-only the instruction and categorical features, never typed text.
+only the instruction and categorical features, never typed text. ``redacted`` also masks
+personal data in the instruction (:func:`edge_client.pii.mask`: phone numbers, ID and card
+numbers, emails, credential URLs, street addresses become ``<PHONE>``, ``<ID>``...), so the
+stored step, its embedding and whatever learns from it see "给<PHONE>发消息", never the number.
 
 >>> from datetime import UTC, datetime
 >>> step = AgentStep(action="Launch", app="Maps", instruction="navigate home",
@@ -28,6 +31,7 @@ from typing import Annotated, Any, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge_client.pii import mask
 from privacy.embedding import embed_step
 
 Action = Literal[
@@ -125,10 +129,13 @@ class AgentStep(BaseModel):
         return self.app or self.current_app
 
     def redacted(self) -> AgentStep:
-        """This step without free text (typed text, agent messages): what may be persisted."""
-        if self.text is None and self.message is None:
+        """What may be persisted: this step without free text (typed text, agent messages)
+        and with personal data in the instruction masked (:func:`edge_client.pii.mask`:
+        "给<PHONE>发消息"). Idempotent."""
+        instruction = mask(self.instruction)
+        if self.text is None and self.message is None and instruction == self.instruction:
             return self
-        return self.model_copy(update={"text": None, "message": None})
+        return self.model_copy(update={"text": None, "message": None, "instruction": instruction})
 
     def embedding(self) -> np.ndarray:
         """The step's 128-d behavior embedding (hashed features only, never typed text).

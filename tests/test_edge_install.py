@@ -31,6 +31,9 @@ EDGE_MODULES = (
     "edge_client.adapter_sync",
     "edge_client.autoglm",
     "edge_client.hint",
+    "edge_client.pii",
+    "edge_client.sealing",
+    "edge_client.retention",
     "privacy.secagg.client",
     "privacy.envelope",
 )
@@ -41,6 +44,8 @@ EDGE_TESTS = (
     "test_outbox.py",
     "test_summary.py",
     "test_autoglm.py",
+    "test_pii.py",
+    "test_sealing.py",
 )
 
 

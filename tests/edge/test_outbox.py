@@ -83,16 +83,19 @@ def test_a_file_written_by_the_previous_version_opens_and_is_tightened(tmp_path:
         "FLOAT NOT NULL, \n\tsent_at FLOAT, \n\tattempts INTEGER NOT NULL, \n\tUNIQUE (dedupe_key)"
         "\n);\nCREATE INDEX ix_outbox_sent_at ON outbox (sent_at);\n"
         "INSERT INTO outbox (topic, key, value, dedupe_key, created_at, attempts) "
-        "VALUES ('t', NULL, x'01', 'd', 0.0, 3);"
+        "VALUES ('t', NULL, CAST('legacy-envelope' AS BLOB), 'dedupe-d', strftime('%s', 'now'), 3);"
     )
     old.close()
     path.chmod(0o644)
     with Outbox(path) as box:
-        assert [(p.id, p.value, p.attempts) for p in box.pending()] == [(1, b"\x01", 3)]
-        assert box.put(b"other", "t", dedupe_key="d") == 1
+        assert [(p.id, p.value, p.attempts) for p in box.pending()] == [(1, b"legacy-envelope", 3)]
+        assert box.put(b"other", "t", dedupe_key="dedupe-d") == 1
         box.mark_sent([1])
         assert box.put(b"new", "t") == 2
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # resealed: the clear-text row of the old file is gone from it
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("outbox.db*"))
+    assert b"legacy-envelope" not in raw and b"dedupe-d" not in raw
 
 
 def test_usable_from_another_thread(tmp_path: Path) -> None:
