@@ -589,6 +589,225 @@ def config_doc(
     console.print(f"updated {update}")
 
 
+# -- the user's controls over a device's data, and Open-AutoGLM with Sotto attached -----------
+
+device_app = typer.Typer(
+    help="What a device recorded: see, export, forget; pause; never-record apps; the hint.",
+    no_args_is_help=True,
+)
+app.add_typer(device_app, name="device")
+autoglm_app = typer.Typer(help="Open-AutoGLM's own CLI with Sotto attached.", no_args_is_help=True)
+app.add_typer(autoglm_app, name="autoglm")
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        envvar="SOTTO_DEVICE_DATA_DIR",
+        help="the device's data dir (context.db, memory.db, controls.db, outbox.db)",
+    ),
+]
+
+
+def _controls(data_dir: Path, *, must_exist: bool = True):
+    """The device's controls; a data dir that does not exist is an error for the commands
+    that read it (they would create an empty one), not for the ones that set a switch."""
+    from edge_client.controls import DeviceControls
+
+    if must_exist and not data_dir.is_dir():
+        raise ConfigError(f"no device data at {data_dir}")
+    return DeviceControls(data_dir)
+
+
+def _when(value: str | None, name: str):
+    """An ISO date or date-time; one without a zone is this machine's local time."""
+    from datetime import datetime
+
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO date/time: {value!r}", param_hint=name) from None
+    return parsed if parsed.tzinfo is not None else parsed.astimezone()
+
+
+@device_app.command("show")
+def device_show(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Say in plain words what is stored: steps, learned preferences, settings, counters."""
+    with _controls(data_dir) as controls:
+        if as_json:
+            _print_json(controls.show())
+        else:
+            print(controls.describe())
+
+
+@device_app.command("export")
+def device_export(
+    data_dir: DataDir,
+    out: Annotated[Path | None, typer.Option(help="write the JSON here (default: stdout)")] = None,
+) -> None:
+    """Everything stored about the user, as one JSON document."""
+    with _controls(data_dir) as controls:
+        doc = json.dumps(controls.export(), indent=2, sort_keys=True, ensure_ascii=False)
+    if out is None:
+        print(doc)
+    else:
+        out.write_text(doc + "\n", encoding="utf-8")
+        console.print(f"exported to {out}")
+
+
+@device_app.command("forget")
+def device_forget(
+    data_dir: DataDir,
+    everything: Annotated[bool, typer.Option("--all", help="forget everything")] = False,
+    app_name: Annotated[str | None, typer.Option("--app", help="one app (any spelling)")] = None,
+    intent: Annotated[str | None, typer.Option(help="one intent, e.g. navigation")] = None,
+    since: Annotated[str | None, typer.Option(help="from this ISO date/time on")] = None,
+    until: Annotated[str | None, typer.Option(help="before this ISO date/time")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Forget steps and learned preferences: everything, one app, one intent or a time range
+    (filters combine). Unsent round summaries are discarded too."""
+    filters = (app_name, intent, since, until)
+    if everything == any(f is not None for f in filters):
+        raise typer.BadParameter("give --all, or any of --app/--intent/--since/--until")
+    with _controls(data_dir) as controls:
+        gone = controls.forget(
+            app=app_name,
+            intent=intent,
+            since=_when(since, "--since"),
+            until=_when(until, "--until"),
+        )
+    if as_json:
+        _print_json(gone)
+    else:
+        print(
+            f"forgot {gone['steps']} steps and {gone['memory']} learned launches; "
+            f"{gone['envelopes']} unsent round summaries discarded"
+        )
+
+
+@device_app.command("pause")
+def device_pause(data_dir: DataDir) -> None:
+    """Stop recording (a running agent stops at its next step): nothing is stored or learned."""
+    with _controls(data_dir, must_exist=False) as controls:
+        controls.pause()
+    print(f"recording paused for {data_dir}")
+
+
+@device_app.command("resume")
+def device_resume(data_dir: DataDir) -> None:
+    """Record again."""
+    with _controls(data_dir, must_exist=False) as controls:
+        controls.resume()
+    print(f"recording resumed for {data_dir}")
+
+
+@device_app.command("never-record")
+def device_never_record(
+    data_dir: DataDir,
+    add: Annotated[list[str] | None, typer.Option("--add", help="an app never to record")] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="record it again")] = None,
+    reset: Annotated[bool, typer.Option(help="back to the default list")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show or change the apps that are never recorded (default: payment and banking apps;
+    `*` matches any text)."""
+    with _controls(data_dir, must_exist=False) as controls:
+        if reset:
+            controls.reset_never_record()
+        if add:
+            controls.add_never_record(*add)
+        if remove:
+            controls.remove_never_record(*remove)
+        listed = list(controls.never_record)
+    if as_json:
+        _print_json({"never_record": listed})
+    else:
+        print("never recorded: " + (", ".join(listed) or "(nothing)"))
+
+
+@device_app.command("hint")
+def device_hint(
+    data_dir: DataDir,
+    on: Annotated[bool | None, typer.Option("--on/--off", help="hint the agent or not")] = None,
+    local_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--local-only/--any-endpoint",
+            help="hint only a model endpoint on this machine (localhost, loopback, unix)",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show or set this device's hint switches (they override `[autoglm]` towards less)."""
+    with _controls(data_dir, must_exist=False) as controls:
+        controls.set_hint(enabled=on, local_only=local_only)
+        state = {"enabled": controls.hint_enabled, "local_only": controls.hint_local_only}
+    if as_json:
+        _print_json(state)
+    else:
+        where = "local model endpoints only" if state["local_only"] else "any model endpoint"
+        print("hint: " + (f"on, for {where}" if state["enabled"] else "off"))
+
+
+@autoglm_app.command(
+    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def autoglm_run(
+    ctx: typer.Context,
+    data_dir: DataDir,
+    autoglm_path: Annotated[
+        Path | None,
+        typer.Option(envvar="SOTTO_AUTOGLM_PATH", help="an Open-AutoGLM checkout (main.py)"),
+    ] = None,
+    no_hint: Annotated[bool, typer.Option("--no-hint", help="record, never hint")] = False,
+    hint_where: Annotated[str | None, typer.Option(help="task or system_prompt")] = None,
+    hint_min_score: Annotated[float | None, typer.Option(help="confidence for a hint")] = None,
+    hint_local_only: Annotated[
+        bool, typer.Option("--hint-local-only", help="hint only a model on this machine")
+    ] = False,
+    hint_no_scores: Annotated[bool, typer.Option("--hint-no-scores")] = False,
+    confirm: Annotated[str, typer.Option(help="sensitive actions: ask, yes or no")] = "ask",
+    takeover: Annotated[str, typer.Option(help="take-over requests: ask or continue")] = "ask",
+    base_model: Annotated[Path | None, typer.Option(help="on-device base model ONNX")] = None,
+    keyset_dir: Annotated[Path | None, typer.Option(help="the region's published keys")] = None,
+    region: Annotated[str, typer.Option()] = "cn",
+    cohort: Annotated[str, typer.Option()] = "cn-c0",
+    device_id: Annotated[str, typer.Option()] = "phone-1",
+) -> None:
+    """Run Open-AutoGLM's main.py with Sotto attached; arguments after `--` go to main.py.
+
+    `sotto autoglm run --data-dir DIR -- --base-url http://localhost:8000/v1 "打开导航"`.
+    Hint defaults come from the `[autoglm]` settings; these options override them."""
+    from edge_client import autoglm_cli
+
+    argv = ["--data-dir", str(data_dir), "--confirm", confirm, "--takeover", takeover]
+    argv += ["--region", region, "--cohort", cohort, "--device-id", device_id]
+    for flag, value in (
+        ("--autoglm-path", autoglm_path),
+        ("--hint-where", hint_where),
+        ("--hint-min-score", hint_min_score),
+        ("--base-model", base_model),
+        ("--keyset-dir", keyset_dir),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, on in (
+        ("--no-hint", no_hint),
+        ("--hint-local-only", hint_local_only),
+        ("--hint-no-scores", hint_no_scores),
+    ):
+        if on:
+            argv.append(flag)
+    try:
+        code = autoglm_cli.main([*argv, "--", *ctx.args], defaults=_settings().autoglm)
+    except SystemExit as exc:  # argparse refused a value
+        code = exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    raise typer.Exit(code)
+
+
 def _debugging() -> bool:
     return _debug or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes"}
 

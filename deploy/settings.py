@@ -31,6 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from edge_client.hint_options import HintOptions
 from ingestion.settings import IngestSettings, RoundsSettings
 from learner.settings import LearnerSettings
 from privacy.errors import ConfigError
@@ -133,6 +134,12 @@ class SottoSettings(BaseSettings):
     rounds: RoundsSettings = Field(
         default_factory=RoundsSettings,
         description="SecAgg+ rounds and the DP budget (`sotto ingest --coordinate`).",
+    )
+    autoglm: HintOptions = Field(
+        default_factory=HintOptions,
+        description="The preference hint of `sotto autoglm run` (Open-AutoGLM with Sotto "
+        "attached); `python -m edge_client.autoglm_cli` reads the same `SOTTO_AUTOGLM__*` "
+        "variables. A device's own `sotto device hint` switches can only make it stricter.",
     )
 
     @classmethod

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from edge_client.context_store import ContextStore
+from edge_client.controls import SUMMARY_DEDUPE_PREFIX, DeviceControls
 from edge_client.keys import KeySource, resolve
+from edge_client.memory import PersonalMemory
 from edge_client.outbox import Outbox
 from edge_client.producer import OutboxProducer
 from edge_client.retention import DEFAULT_RETENTION, RetentionPolicy
@@ -68,7 +70,8 @@ class EdgeDevice:
         The region policy (:class:`privacy.policy.RegionPolicy`): where the home region's
         brokers and topics are.
     data_dir
-        Where the context store and the outbox live (``context.db``, ``outbox.db``).
+        Where the context store, the personal memory, the user's controls and the outbox
+        live (``context.db``, ``memory.db``, ``controls.db``, ``outbox.db``).
     keyset
         The home region's public key set, or a callable returning the current one (see
         :mod:`edge_client.keys`); default: the published ``keyset.json`` in the region's
@@ -121,7 +124,20 @@ class EdgeDevice:
         self._context = ContextStore(
             self.data_dir / "context.db", max_steps, half_life, keys=self._keys, retention=retention
         )
+        self._memory = PersonalMemory(
+            self.data_dir / "memory.db", keys=self._keys, retention=retention
+        )
         self._outbox = Outbox(self.data_dir / "outbox.db", keys=self._keys, retention=retention)
+        self.controls = DeviceControls(
+            self.data_dir,
+            context=self._context,
+            memory=self._memory,
+            outbox=self._outbox,
+            keys=self._keys,
+            retention=retention,
+        )
+        """The user's controls (:class:`~edge_client.controls.DeviceControls`): see, export,
+        forget, pause, never record, hint settings. Every recorded step passes them."""
         self._producer = OutboxProducer(
             self._outbox,
             self._home.bootstrap_servers,
@@ -145,10 +161,16 @@ class EdgeDevice:
         """How many envelopes wait in the outbox for the broker's ack."""
         return len(self._outbox.pending())
 
-    def record_step(self, step: AgentStep) -> None:
-        """Add an agent step to the local context (typed text is dropped and personal data
-        masked first, :meth:`AgentStep.redacted`)."""
-        self._context.record(step)
+    @property
+    def memory(self) -> PersonalMemory:
+        """This user's on-device launch preferences (never sent): what the hint asks first."""
+        return self._memory
+
+    def record_step(self, step: AgentStep) -> bool:
+        """Add an agent step to the local context and the memory (typed text is dropped and
+        personal data masked first, :meth:`AgentStep.redacted`), unless the user's controls
+        refuse it (paused, a never-record app); returns whether it was stored."""
+        return self.controls.record_step(step.redacted())  # masked before anything keeps it
 
     def context_embedding(self, now: datetime | None = None) -> np.ndarray:
         """The current decay-weighted 128-d context (for the on-device model)."""
@@ -192,7 +214,7 @@ class EdgeDevice:
             envelope.to_bytes(),
             self.topic,
             self.cohort.encode(),
-            dedupe_key=f"summary|{self.region}|{self.cohort}|{round}",
+            dedupe_key=f"{SUMMARY_DEDUPE_PREFIX}{self.region}|{self.cohort}|{round}",
         )
         self._producer.flush_outbox()
         item = self._outbox.get(record_id)
@@ -213,7 +235,9 @@ class EdgeDevice:
 
     def close(self) -> None:
         self._producer.close()
+        self.controls.close()
         self._outbox.close()
+        self._memory.close()
         self._context.close()
 
     def __enter__(self) -> EdgeDevice:

@@ -26,6 +26,14 @@ When the hint stays silent (empty string, ``choose_app`` is None):
 Runners-up are listed only when they clear ``min_alternative`` and serve an intent the top
 app serves (maps after maps, not a music app after maps).
 
+Memory first, then the model. With a :class:`edge_client.memory.PersonalMemory`, the
+hint asks it first: when this user's own evidence for the task's intent clears ``min_score``
+(one fresh accepted launch does: 0.8), the memory's apps are the hint and the model is not
+consulted. Otherwise the model's suggestions are used, with the memory's (low) scores
+replacing the model's for the apps the memory knows: an app the user refused or that
+failed to launch is not suggested again on the model's word alone. Without a model the
+memory alone is used.
+
 Example (``model`` a :class:`edge_client.runtime.DeviceModel`, ``device`` an
 :class:`edge_client.device.EdgeDevice`)::
 
@@ -39,15 +47,18 @@ Example (``model`` a :class:`edge_client.runtime.DeviceModel`, ``device`` an
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from edge_client.pii import mask
 from privacy.catalog import CANDIDATES, INTENT_APPS
+from privacy.wire import utcnow
 
 if TYPE_CHECKING:
     from edge_client.runtime import Suggestion
@@ -68,6 +79,12 @@ class SuggestionSource(Protocol):
     def suggest(
         self, instruction: str, context_embedding: np.ndarray, k: int = 3
     ) -> list[Suggestion]: ...
+
+
+class MemorySource(Protocol):
+    """What the hint reads first: :meth:`edge_client.memory.PersonalMemory.scores`."""
+
+    def scores(self, instruction: str, now: datetime | None = None) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,13 @@ _APP_INTENTS: dict[str, frozenset[str]] = {
 }
 
 
+def _overlaid(s: Suggestion, remembered: dict[str, float]) -> Suggestion:
+    app = s.candidate[len(LAUNCH_PREFIX) :] if s.candidate.startswith(LAUNCH_PREFIX) else None
+    if app is None or app not in remembered:
+        return s
+    return dataclasses.replace(s, score=remembered[app])
+
+
 def named_apps(text: str) -> list[str]:
     """Catalogue apps that ``text`` names explicitly (Latin names case-insensitively, except
     those that are ordinary words).
@@ -127,10 +151,17 @@ class PreferenceHint:
     Parameters
     ----------
     model
-        A :class:`~edge_client.runtime.DeviceModel` (anything with ``suggest``). Read on every
-        call, so an adapter installed or rolled back meanwhile is reflected at once.
+        A :class:`~edge_client.runtime.DeviceModel` (anything with ``suggest``), or None for
+        a memory-only hint. Read on every call, so an adapter installed or rolled back
+        meanwhile is reflected at once.
     context
-        The device's current context embedding, e.g. ``EdgeDevice.context_embedding``.
+        The device's current context embedding, e.g. ``EdgeDevice.context_embedding``
+        (needed with a model).
+    memory
+        This user's :class:`~edge_client.memory.PersonalMemory` (``EdgeDevice.memory``):
+        asked first, see the module docstring.
+    clock
+        The time the memory's evidence is decayed to.
     min_score
         Probability the top app needs before anything is said or launched.
     min_alternative
@@ -145,9 +176,11 @@ class PreferenceHint:
 
     def __init__(
         self,
-        model: SuggestionSource,
-        context: Callable[[], np.ndarray],
+        model: SuggestionSource | None = None,
+        context: Callable[[], np.ndarray] | None = None,
         *,
+        memory: MemorySource | None = None,
+        clock: Callable[[], datetime] = utcnow,
         min_score: float = 0.6,
         min_alternative: float = 0.1,
         k: int = 3,
@@ -162,8 +195,12 @@ class PreferenceHint:
             raise ValueError("k must be >= 1")
         if lang not in HINT_PREFIX:
             raise ValueError(f"lang must be one of {sorted(HINT_PREFIX)}, not {lang!r}")
+        if model is not None and context is None:
+            raise ValueError("a model needs context (e.g. EdgeDevice.context_embedding)")
         self.model = model
         self.context = context
+        self.memory = memory
+        self.clock = clock
         self.min_score = min_score
         self.min_alternative = min_alternative
         self.k = k
@@ -184,8 +221,24 @@ class PreferenceHint:
         if not instruction.strip() or named_apps(instruction):
             return []
         instruction = mask(instruction)  # embedded and remembered as the device stores it
+        remembered = self.memory.scores(instruction, self.clock()) if self.memory else {}
+        if remembered and max(remembered.values()) >= self.min_score:
+            return self._from_memory(remembered)
+        if self.model is None or self.context is None:
+            return []
         suggestions = self.model.suggest(instruction, self.context(), k=self.k)
+        if remembered:  # the user's own evidence replaces the model's word for those apps
+            suggestions = sorted(
+                (_overlaid(s, remembered) for s in suggestions), key=lambda s: -s.score
+            )
         return self._select(suggestions)
+
+    def _from_memory(self, remembered: dict[str, float]) -> list[AppPreference]:
+        ranked = sorted(remembered.items(), key=lambda kv: -kv[1])
+        top, rest = ranked[0], ranked[1 : self.k]
+        return [AppPreference(*top)] + [
+            AppPreference(app, score) for app, score in rest if score >= self.min_alternative
+        ]
 
     def _select(self, suggestions: Sequence[Suggestion]) -> list[AppPreference]:
         if not suggestions:

@@ -29,6 +29,8 @@ def summarize(window: Sequence[WeightedStep]) -> RoundSummary:
         embedding = combine((w.embedding for w in window), (w.weight for w in window))
     else:
         embedding = np.zeros(EMBEDDING_DIM, dtype=np.float32)
+    # handed_over steps (Take_over: the user acted, not the agent) count as steps only: they
+    # are neither an acceptance nor an override of anything the agent chose.
     outcomes = Counter(w.step.outcome for w in window)
     actions: Counter[str] = Counter(w.step.action for w in window)
     counts = BehaviorCounts(

@@ -30,10 +30,15 @@ EDGE_MODULES = (
     "edge_client.contribution",
     "edge_client.adapter_sync",
     "edge_client.autoglm",
+    "edge_client.autoglm_cli",
     "edge_client.hint",
     "edge_client.pii",
     "edge_client.sealing",
     "edge_client.retention",
+    "edge_client.hint_options",
+    "edge_client.intents",
+    "edge_client.memory",
+    "edge_client.controls",
     "privacy.secagg.client",
     "privacy.envelope",
 )
@@ -46,6 +51,8 @@ EDGE_TESTS = (
     "test_autoglm.py",
     "test_pii.py",
     "test_sealing.py",
+    "test_memory.py",
+    "test_controls.py",
 )
 
 

@@ -11,9 +11,16 @@ What it does, in order:
    holds for this cohort (verified against the region's adapter-signing key first);
 3. wires both into a real ``phone_agent.PhoneAgent`` with
    :func:`edge_client.autoglm.personalize`: every ``agent.run(task)`` gets a one-line hint
-   ("此类请求通常使用 高德地图（0.82）...") when the live adapter is confident, and every
-   step is recorded on the device under the user's own words;
+   ("此类请求通常使用 高德地图（0.80）...") when this user's memory or the live adapter is
+   confident, and every step is recorded on the device under the user's own words. The agent
+   gets non-interactive confirmation and take-over callbacks (``--confirm``): a sensitive
+   action is refused by default (recorded as the user overriding it) and a take-over request
+   is reported and the run goes on (recorded as handed over), so nothing falls back to
+   Open-AutoGLM's ``input()`` prompts;
 4. with ``--ask``, asks whether the agent opened the right app and records an override if not.
+
+To run Open-AutoGLM's own command line with Sotto attached instead, see
+``python -m edge_client.autoglm_cli --help`` (or ``sotto autoglm run``) in docs/autoglm.md.
 
 Nothing about the steps leaves the phone here: they stay in ``<home>/devices/<id>``. Only a
 round summary or a SecAgg+ contribution, sealed to the home region, ever does, and only when
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -80,7 +88,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-score", type=float, default=0.6, help="confidence for a hint")
     p.add_argument("--sync", action="store_true", help="install adapters from Kafka first")
     p.add_argument("--ask", action="store_true", help="ask whether the app was right")
+    p.add_argument(
+        "--confirm",
+        choices=("yes", "no"),
+        default="no",
+        help="answer to the agent's sensitive-action confirmations (no: refuse, recorded "
+        "as the user overriding the agent)",
+    )
+    p.add_argument(
+        "--local-only", action="store_true", help="never hint a model endpoint off this machine"
+    )
     return p.parse_args(argv)
+
+
+def confirmation(answer: str) -> Callable[[str], bool]:
+    """The agent's confirmation callback: a fixed answer, said out loud (Open-AutoGLM would
+    otherwise block on input()). Sotto records a refusal as the user overriding the step."""
+
+    def confirm(message: str) -> bool:
+        print(f"sensitive action {'allowed' if answer == 'yes' else 'refused'}: {message}")
+        return answer == "yes"
+
+    return confirm
+
+
+def take_over(message: str) -> None:
+    """The agent's take-over callback: report and go on (recorded as handed over)."""
+    print(f"the agent asks you to take over: {message} (continuing)")
 
 
 def trusted_key(keyset_dir: Path) -> Ed25519PublicKey:
@@ -114,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from phone_agent import PhoneAgent
         from phone_agent.agent import AgentConfig
-        from phone_agent.device_factory import get_device_factory
         from phone_agent.model import ModelConfig
     except ImportError:
         print(INSTALL)
@@ -146,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.home / "devices" / args.device_id
     with EdgeDevice(args.device_id, args.region, args.cohort, policy, data_dir) as device:
         hint = PreferenceHint(
-            model, device.context_embedding, min_score=args.min_score, lang=args.lang
+            model,
+            device.context_embedding,
+            memory=device.memory,  # this user's own launches: asked before the model
+            min_score=args.min_score,
+            lang=args.lang,
         )
         print(f"hint for {args.task!r}: {hint.text(args.task) or '(none: not confident)'}")
 
@@ -158,15 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                 lang=args.lang,
             ),
             agent_config=AgentConfig(lang=args.lang),
+            confirmation_callback=confirmation(args.confirm),
+            takeover_callback=take_over,
         )
-        factory = get_device_factory()
-        observer = personalize(
-            agent,
-            device,
-            hint,
-            where=args.where,
-            current_app=lambda: factory.get_current_app(agent.agent_config.device_id),
-        )
+        # The foreground app of each step is read from the agent's own model request: no
+        # current_app callable (and no extra adb call) is needed.
+        observer = personalize(agent, device, hint, where=args.where, local_only=args.local_only)
         try:
             result = agent.run(args.task)
         finally:
@@ -178,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             if wanted.strip():
                 observer.user_override(wanted.strip())  # the strongest preference signal
         print(f"context window: {device.build_summary(0).counts.steps} steps in {data_dir}")
+        print(f"what is stored, in words: sotto device show --data-dir {data_dir}")
     return 0
 
 

@@ -97,25 +97,68 @@ def test_observer_records_every_step_of_a_run() -> None:
     assert obs.skipped == 0
 
 
-def test_take_over_and_user_override_are_overrides() -> None:
+def test_take_over_is_handed_over_and_user_override_is_an_override() -> None:
     rec = Recorder()
     obs = AgentObserver(rec, clock=_clock())
     obs.start_task("order lunch")
     obs.observe(StepResult(True, False, do(action="Launch", app="美团"), ""))
     obs.observe(StepResult(True, False, do(action="Take_over", message="login"), ""))
     obs.user_override("饿了么")
-    assert [s.outcome for s in rec.steps] == ["accepted", "overridden", "overridden"]
-    assert rec.steps[-1].app == "饿了么"
+    assert [s.outcome for s in rec.steps] == ["accepted", "handed_over", "overridden"]
+    assert rec.steps[1].current_app == "美团"
+    assert rec.steps[-1].app == "饿了么" and rec.steps[-1].current_app == "美团"
 
 
-def test_unknown_or_missing_actions_are_skipped_not_raised() -> None:
+def test_nothing_is_dropped_unknown_actions_model_errors_and_bad_points_are_flagged() -> None:
     rec = Recorder()
     obs = AgentObserver(rec, clock=_clock())
     obs.observe(StepResult(True, False, do(action="Launch", app="x"), ""))  # no task yet
     obs.start_task("t")
-    obs.observe(StepResult(False, True, None, "", "Model error"))
-    obs.observe(StepResult(True, False, do(action="Teleport"), ""))
-    assert rec.steps == [] and obs.skipped == 3
+    obs.observe(StepResult(False, True, None, "", "Model error: boom"))
+    obs.observe(StepResult(False, False, do(action="Teleport"), "", "Unknown action: Teleport"))
+    obs.observe(StepResult(True, False, do(action="Tap", element=[1500, -3]), ""))
+    obs.observe(StepResult(False, False, do(action="Tap"), "", "No element coordinates"))
+    assert obs.skipped == 1  # only the step with no task to file it under
+    assert [(s.action, s.outcome, s.flags) for s in rec.steps] == [
+        ("finish", "failed", ("model_error",)),
+        ("Unknown", "failed", ("unknown_action",)),
+        ("Tap", "failed", ("out_of_range",)),
+        ("Unknown", "failed", ("malformed",)),
+    ]
+    assert rec.steps[2].element == (1000, 0)  # clamped onto the grid
+    assert obs.anomalies == {
+        "model_error": 1,
+        "unknown_action": 1,
+        "out_of_range": 1,
+        "malformed": 1,
+    }
+
+
+def test_a_failed_launch_does_not_become_the_foreground() -> None:
+    rec = Recorder()
+    obs = AgentObserver(rec, clock=_clock())
+    obs.start_task("打开导航")
+    obs.observe(StepResult(True, False, do(action="Launch", app="高德地图"), ""))
+    obs.observe(StepResult(False, False, do(action="Launch", app="腾讯地图"), "", "App not found"))
+    obs.observe(StepResult(True, False, do(action="Tap", element=[1, 2]), ""))
+    assert [s.outcome for s in rec.steps] == ["accepted", "failed", "accepted"]
+    assert rec.steps[2].current_app == "高德地图"
+
+
+def test_the_foreground_is_read_before_the_step_from_a_callable() -> None:
+    screen = ["微信"]
+    rec = Recorder()
+    obs = AgentObserver(rec, clock=_clock(), current_app=lambda: screen[0])
+
+    class HomeAgent(AutoGLMShapedAgent):
+        def _execute_step(self, user_prompt: str | None = None, is_first: bool = False) -> Any:
+            result = super()._execute_step(user_prompt, is_first)
+            screen[0] = "System Home"  # what the action did: read after it, it would be wrong
+            return result
+
+    agent = obs.attach(HomeAgent([StepResult(True, True, do(action="Home"), "", "done")]))
+    agent.run("回到桌面")
+    assert rec.steps[0].current_app == "微信"
 
 
 def test_detach_restores_the_agent_and_steps_reach_the_context_store(tmp_path: Path) -> None:

@@ -111,7 +111,18 @@ def test_from_autoglm_do_and_finish() -> None:
     assert swipe.start == (1, 900)
     done = AgentStep.from_autoglm({"_metadata": "finish", "message": "ordered"}, **kw)
     assert done.action == "finish" and done.message == "ordered"
-    with pytest.raises(ValueError, match="unknown Open-AutoGLM action type"):
-        AgentStep.from_autoglm({"_metadata": "think"}, **kw)
-    with pytest.raises(ValidationError):
-        AgentStep.from_autoglm({"_metadata": "do", "action": "Teleport"}, **kw)
+    # Nothing the agent did is refused: what Sotto cannot represent is recorded and flagged.
+    think = AgentStep.from_autoglm({"_metadata": "think"}, **kw)
+    teleport = AgentStep.from_autoglm({"_metadata": "do", "action": "Teleport"}, **kw)
+    for unknown in (think, teleport):
+        assert (unknown.action, unknown.flags) == ("Unknown", ("unknown_action",))
+    far = AgentStep.from_autoglm(
+        {"_metadata": "do", "action": "Swipe", "start": [-5, 900], "end": [1, 2000.4]}, **kw
+    )
+    assert (far.start, far.end, far.flags) == ((0, 900), (1, 1000), ("out_of_range",))
+    bad = AgentStep.from_autoglm({"_metadata": "do", "action": "Tap", "element": "x"}, **kw)
+    assert (bad.action, bad.flags) == ("Unknown", ("malformed",))
+    nameless = AgentStep.from_autoglm({"_metadata": "do", "action": "Launch"}, **kw)
+    assert (nameless.action, nameless.flags) == ("Unknown", ("malformed",))
+    with pytest.raises(ValidationError):  # what no step can hold still raises
+        AgentStep.from_autoglm({"_metadata": "do", "action": "Back"}, **{**kw, "instruction": " "})
