@@ -752,6 +752,52 @@ def device_hint(
         print("hint: " + (f"on, for {where}" if state["enabled"] else "off"))
 
 
+@device_app.command("retention")
+def device_retention(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            envvar="SOTTO_DEVICE_DATA_DIR",
+            help="also apply it to this data dir now and count what is left",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """How long the device keeps what (edge_client.retention.RetentionPolicy, in days).
+
+    Enforced when a store opens and every `check_every` writes: expired rows are overwritten,
+    their data keys shredded, the WAL truncated (docs/device-data.md)."""
+    from edge_client.retention import DEFAULT_RETENTION
+
+    doc: dict = {"retention_days": DEFAULT_RETENTION.describe()}
+    if data_dir is not None:
+        with _controls(data_dir) as controls:  # opening the stores applies the policy
+            doc["stored"] = {
+                "steps": len(controls.context),
+                "memory_events": len(controls.memory),
+                "outbox_pending": len(controls.outbox.pending()) if controls.outbox else 0,
+            }
+    if as_json:
+        _print_json(doc)
+        return
+    days = doc["retention_days"]
+    for what, kept in (
+        ("steps (context.db)", f"{days['context']:g} days after recording"),
+        ("learned launches (memory.db)", f"{days['memory']:g} days"),
+        ("sent envelopes (outbox.db)", f"{days['outbox_sent']:g} days"),
+        ("unsent envelopes (outbox.db)", f"{days['outbox_pending']:g} days, then dropped"),
+    ):
+        print(f"{what + ':':30} {kept}")
+    print(f"enforced when a store opens and every {days['check_every']} writes")
+    if "stored" in doc:
+        n = doc["stored"]
+        print(
+            f"now at {data_dir}: {n['steps']} steps, {n['memory_events']} learned launches, "
+            f"{n['outbox_pending']} envelopes pending"
+        )
+
+
 @autoglm_app.command(
     "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )

@@ -222,3 +222,20 @@ def test_sotto_errors_and_interrupts(
     broken_init[0] = KeyboardInterrupt()
     assert cli.main(["init"]) == ExitCode.INTERRUPTED
     assert capsys.readouterr().err.strip().endswith("interrupted")
+
+
+def test_device_retention_shows_the_policy_and_applies_it(home: Path, tmp_path: Path) -> None:
+    proc = sotto(home, "device", "retention", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["retention_days"]["context"] == 30.0
+    data = tmp_path / "dev"
+    data.mkdir()
+    proc = sotto(home, "device", "retention", "--json", "--data-dir", str(data))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["stored"] == {
+        "steps": 0,
+        "memory_events": 0,
+        "outbox_pending": 0,
+    }
+    proc = sotto(home, "device", "retention")
+    assert "30 days after recording" in proc.stdout and "7 days" in proc.stdout

@@ -51,6 +51,7 @@ EDGE_TESTS = (
     "test_autoglm.py",
     "test_pii.py",
     "test_sealing.py",
+    "test_sealing_stores.py",
     "test_memory.py",
     "test_controls.py",
 )
