@@ -46,7 +46,7 @@ HASHED_FIELDS = (
 class AuditEvent:
     """One decision to record; ``seq`` and the hashes are assigned when it is appended."""
 
-    event: str  # "accept" | "reject"
+    event: str  # "accept" | "reject" | "late" (ingestion), "round_*" (the coordinator)
     ts: str
     reason: str | None = None
     msg_id: str | None = None
