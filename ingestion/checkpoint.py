@@ -80,7 +80,9 @@ class BatchCheckpoint(Checkpoint):
             )
         )
 
-    def late_message(self, verdict: round_sink.Late, topic: str, partition: int, offset: int) -> None:
+    def late_message(
+        self, verdict: round_sink.Late, topic: str, partition: int, offset: int
+    ) -> None:
         """A valid protocol message after its stage closed: its offset and msg_id are kept and
         it is audited as ``late``, nothing is stored for the coordinator or dead-lettered."""
         self.advance(topic, partition, offset)

@@ -120,9 +120,7 @@ class LiveRound:
         verifier: CredentialVerifier,
     ) -> None:
         self.announce = announce
-        self.server = SecAggServer(
-            announce.params, SeededRandomness(graph_seed), verifier=verifier
-        )
+        self.server = SecAggServer(announce.params, SeededRandomness(graph_seed), verifier=verifier)
         self.expected: frozenset[int] = frozenset(range(announce.params.n))
         self.accepted: set[int] = set()
         self.rejected: dict[int, str] = {}
@@ -164,9 +162,7 @@ class LiveRound:
             return False
         return self._closable()
 
-    def due(
-        self, now: float, deadline: float | None, *, settled: bool = True
-    ) -> str | None:
+    def due(self, now: float, deadline: float | None, *, settled: bool = True) -> str | None:
         """Why the current stage closes at ``now`` (unix seconds): ``"complete"`` (every
         expected client answered), ``"goal"`` (the goal count answered at least ``grace_s``
         ago) or ``"deadline"``; None: keep collecting. ``settled=False`` (ingestion has a
