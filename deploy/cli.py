@@ -596,6 +596,24 @@ device_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(device_app, name="device")
+_device_key_file: list[Path] = []  # set by the group's --key-file
+
+
+@device_app.callback()
+def device_options(
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-file",
+            envvar="SOTTO_DEVICE_KEY_FILE",
+            help="the device's master key file (default: <data-dir>/device.key)",
+        ),
+    ] = None,
+) -> None:
+    """Options shared by the device commands."""
+    _device_key_file[:] = [key_file] if key_file else []
+
+
 autoglm_app = typer.Typer(help="Open-AutoGLM's own CLI with Sotto attached.", no_args_is_help=True)
 app.add_typer(autoglm_app, name="autoglm")
 
@@ -613,10 +631,18 @@ def _controls(data_dir: Path, *, must_exist: bool = True):
     """The device's controls; a data dir that does not exist is an error for the commands
     that read it (they would create an empty one), not for the ones that set a switch."""
     from edge_client.controls import DeviceControls
+    from edge_client.sealing import FileKeyProvider
 
     if must_exist and not data_dir.is_dir():
         raise ConfigError(f"no device data at {data_dir}")
-    return DeviceControls(data_dir)
+    key_file = _device_key_file[0] if _device_key_file else data_dir / "device.key"
+    if not key_file.is_file() and any(data_dir.glob("*.db")):
+        # a store sealed under a key we do not have: opening would start fresh and reset it
+        raise ConfigError(
+            f"no device key at {key_file} for the stores in {data_dir}; pass --key-file "
+            "(refusing to start fresh, which would erase them)"
+        )
+    return DeviceControls(data_dir, keys=FileKeyProvider(key_file))
 
 
 def _when(value: str | None, name: str):

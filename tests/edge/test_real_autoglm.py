@@ -588,6 +588,17 @@ def test_sotto_autoglm_run_and_sotto_device(
     assert "forgot 2 steps and 1 learned launches" in capsys.readouterr().out
     assert sotto(["device", "show", "--data-dir", str(tmp_path / "nope")]) == 3
 
+    # A key kept elsewhere (a custom provider): without it the commands refuse, never reset
+    moved = tmp_path / "keys" / "device.key"
+    moved.parent.mkdir()
+    (Path(data) / "device.key").rename(moved)
+    before = {p.name: p.stat().st_size for p in Path(data).glob("*.db")}
+    assert sotto(["device", "show", "--data-dir", data]) == 3
+    assert "no device key" in capsys.readouterr().err
+    assert {p.name: p.stat().st_size for p in Path(data).glob("*.db")} == before
+    assert sotto(["device", "--key-file", str(moved), "show", "--data-dir", data]) == 0
+    assert "never record" in capsys.readouterr().out.lower()
+
 
 def test_the_example_script_runs_the_real_agent_without_prompting(
     server: FakeModelServer,
