@@ -192,7 +192,9 @@ class SecAggClient:
             )
         signers: dict[int, ed25519.Ed25519PublicKey] = {}
         for nb in msg.neighbours:
-            if crypto.is_weak_key(nb.mask_pk) or crypto.is_weak_key(nb.enc_pk):
+            # enc_pk needs no probe: the share-key exchange below raises ValueError on a weak
+            # one, which ``receive`` turns into weak_key; mask_pk is exchanged only later.
+            if crypto.is_weak_key(nb.mask_pk):
                 raise RemoteProtocolError(
                     ProtocolReason.WEAK_KEY, f"{self._who()}: neighbour {nb.cid} has a weak key"
                 )
@@ -328,11 +330,13 @@ class SecAggClient:
                 f"{self._who()}: {len(alive)} surviving neighbours < t={p.t}",
             )
         signed = crypto.survivor_set_bytes(p.round_id, msg.survivors)
-        valid = {
-            s.cid
-            for s in msg.signatures
-            if s.cid in alive and verify_signature(self._signers[s.cid], s.signature, signed)
-        }
+        valid: set[int] = set()
+        for sig in msg.signatures:  # t valid ones suffice: stop there (each costs ~0.1 ms)
+            if len(valid) >= p.t:
+                break
+            fresh = sig.cid in alive and sig.cid not in valid
+            if fresh and verify_signature(self._signers[sig.cid], sig.signature, signed):
+                valid.add(sig.cid)
         if len(valid) < p.t:
             raise RemoteProtocolError(
                 ProtocolReason.NOT_SIGNED,
