@@ -60,6 +60,7 @@ bench: install kafka
 	$(VENV)/bin/sotto bench learner --json
 	$(VENV)/bin/sotto bench edge --json
 	$(VENV)/bin/sotto bench quality --json
+	$(VENV)/bin/sotto bench hint --json
 
 lint: install
 	$(VENV)/bin/ruff check .

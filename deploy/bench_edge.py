@@ -51,7 +51,7 @@ from learner.quantize_model import quantization_report
 from privacy import prg
 from privacy.adapter_file import adapter_to_bytes
 from privacy.adapter_plan import AdapterPlan
-from privacy.contribution import LAYOUT_V1
+from privacy.contribution import LAYOUT_V2
 from privacy.envelope import seal
 from privacy.features import StepArrays
 from privacy.keys import KeyEntry, KeyStatus, PrivateKey
@@ -75,19 +75,11 @@ _PII_TASKS = (
 )
 
 
-def _agent_steps(steps: list[Any]) -> list[AgentStep]:
+def _agent_steps(steps: list[AgentStep]) -> list[AgentStep]:
     out = []
     for i, s in enumerate(steps):
         task = _PII_TASKS[i // 8 % len(_PII_TASKS)] if i % 8 == 7 else s.instruction
-        out.append(
-            AgentStep(
-                action="Launch",
-                app=s.chosen_app,
-                instruction=task,
-                outcome=s.outcome,
-                timestamp=s.timestamp,
-            )
-        )
+        out.append(s if task == s.instruction else s.model_copy(update={"instruction": task}))
     return out
 
 
@@ -121,9 +113,9 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
     trunk = Trunk.from_onnx(onnx_bytes)
     pop = Population(seed=5, cohorts_per_region=1, devices_per_cohort=20)
     dev = pop.devices_in("cn-c0")[0]
-    steps = pop.steps_for_round(dev, 1)
-    train = StepArrays.from_steps(
-        s for d in pop.devices_in("cn-c0") for s in pop.steps_for_round(d, 0)
+    steps = [r for e in pop.episodes_for_round(dev, 1) for r in e.rows if r.polarity > 0]
+    train = StepArrays.from_rows(
+        r for d in pop.devices_in("cn-c0") for r in pop.rows_for_round(d, 0)
     )
     lora = fit_lora(net, train, steps=60)
     key = Ed25519PrivateKey.generate()
@@ -155,7 +147,9 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
         lat.append((time.perf_counter() - t0) * 1e6)
 
     # The device's stores, sealed and unsealed, on the same steps (200: a full window).
-    round_steps = [s for r in range(9) for s in pop.steps_for_round(dev, r)][:200]
+    round_steps = [s for r in range(2) for e in pop.episodes_for_round(dev, r) for s in e.steps][
+        :200
+    ]
     agent_steps = _agent_steps(round_steps)
     mask_us, masked_suggest = [], []
     for i in range(calls):
@@ -186,8 +180,8 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
     rplan = plan_round(
         "bench-edge",
         n=n,
-        dim=LAYOUT_V1.dim,
-        clip=LAYOUT_V1.clip,
+        dim=LAYOUT_V2.dim,
+        clip=LAYOUT_V2.clip,
         scale=2.0**12,
         epsilon=1.0,
         delta=1e-5,
@@ -201,6 +195,7 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
         status=KeyStatus("current"),
         created_at=utcnow(),
     )
+    rows = pop.rows_for_round(dev, 1)  # one round's finished tasks
     rng = SystemRandomness()
     builds, envelope_bytes = [], 0
     with_store: dict[str, list[float]] = {label: [] for label in stores}
@@ -211,10 +206,10 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
             summarize(store.window(window_at))
             reads[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        vec = build_contribution(trunk, steps, plan, dev.device_id, adapters=adapters)
+        vec = build_contribution(trunk, rows, plan, dev.device_id, adapters=adapters)
         encoded = client_input(vec, rplan, rng)
         t_client = time.perf_counter() - t0
-        others = {c: np.zeros(LAYOUT_V1.dim, dtype=np.int64) for c in range(1, n)}
+        others = {c: np.zeros(LAYOUT_V2.dim, dtype=np.int64) for c in range(1, n)}
         stats = RoundCost()
         run_round(rplan.params, {0: encoded, **others}, stats=stats)
         secagg_s = sum(
@@ -224,8 +219,8 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
             round_id="bench-edge",
             sender=0,
             bits=rplan.params.bits,
-            dim=LAYOUT_V1.dim,
-            data=np.zeros(LAYOUT_V1.dim, dtype=prg.mask_dtype(rplan.params.bits)).tobytes(),
+            dim=LAYOUT_V2.dim,
+            data=np.zeros(LAYOUT_V2.dim, dtype=prg.mask_dtype(rplan.params.bits)).tobytes(),
         )
         t1 = time.perf_counter()
         env = seal(masked, key=entry, cohort="cn-c0", round=1)
@@ -241,8 +236,8 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
         store.close()
     workdir.cleanup()
 
-    held = StepArrays.from_steps(
-        s for d in pop.devices_in("cn-c0") for r in (1, 2) for s in pop.heldout(d, r)
+    held = StepArrays.from_episodes(
+        e for d in pop.devices_in("cn-c0") for r in (1, 2) for e in pop.heldout(d, r)
     )
     report = quantization_report(net, held, adapter_to_bytes(lora, 1))
     return {
@@ -252,7 +247,7 @@ def run_edge_bench(*, calls: int = 2000, neighbours: int = 30, repeats: int = 7)
         "summary_build_ms_median": round(statistics.median(builds), 2),
         "goal_summary_build_ms": 20,
         "secagg_neighbours": neighbours,
-        "contribution_dim": LAYOUT_V1.dim,
+        "contribution_dim": LAYOUT_V2.dim,
         "envelope_bytes": envelope_bytes,
         "adapter_bytes": len(adapter_to_bytes(lora, 1)),
         "signed_adapter_bytes": len(signed(99).to_bytes()),

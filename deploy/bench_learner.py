@@ -26,7 +26,7 @@ from deploy.simulation.base_model import build_base_model
 from deploy.simulation.population import EPOCH
 from learner.cohort import CohortLearner, LearnerConfig
 from privacy import accountant
-from privacy.contribution import LAYOUT_V1
+from privacy.contribution import LAYOUT_V2
 from privacy.wire import ReleasedAggregate
 
 DEVICES = 200
@@ -34,20 +34,20 @@ DEVICES = 200
 
 def _release(round_: int, rng: np.random.Generator, z: float) -> ReleasedAggregate:
     parts = {
-        "stats": rng.normal(0.0, 0.02, size=(64, 45)),
+        "stats": rng.normal(0.0, 0.02, size=LAYOUT_V2.block("stats").shape),
         "shadow": np.array([-0.3, 0.09]),  # the candidate is clearly worse: rejected at once
         "rollout": np.array([0.0, 0.0]),
     }
-    total = LAYOUT_V1.encode(parts) * DEVICES + rng.normal(0.0, z * LAYOUT_V1.clip, LAYOUT_V1.dim)
+    total = LAYOUT_V2.encode(parts) * DEVICES + rng.normal(0.0, z * LAYOUT_V2.clip, LAYOUT_V2.dim)
     return ReleasedAggregate.build(
         total,
         region="eu",
         cohort="eu-c0",
         round=round_,
-        layout=LAYOUT_V1.name,
+        layout=LAYOUT_V2.name,
         participants=DEVICES,
         dropped=0,
-        noise_stddev=z * LAYOUT_V1.clip,
+        noise_stddev=z * LAYOUT_V2.clip,
         epsilon=1.0,
         delta=1e-5,
         epsilon_spent=0.0,

@@ -24,23 +24,23 @@ import torch
 
 from deploy.simulation.base_model import build_base_model
 from deploy.simulation.cohort_channel import CohortFleet, StepCache, noise_multiplier_for
-from deploy.simulation.population import Drift, Population
+from deploy.simulation.population import OPTIONS, Drift, Population
 from edge_client.contribution import Trunk
 from learner.cohort import CohortLearner, LearnerConfig
 from learner.finetune import fit_lora
-from privacy.catalog import INTENT_APPS, candidate_id, candidate_index
+from privacy.catalog import APP_NAMES
 from privacy.features import StepArrays
 
 DELTA = 1e-5
 
 
 def _nav_mask(labels: np.ndarray, region: str) -> np.ndarray:
-    nav = [candidate_index(candidate_id(a)) for a in INTENT_APPS["navigation"][region]]
+    nav = [APP_NAMES.index(a) for a in OPTIONS[region]["navigation"]]
     return np.isin(labels, nav)
 
 
 def _subset(data: StepArrays, mask: np.ndarray) -> StepArrays:
-    return StepArrays(data.instruction[mask], data.context[mask], data.labels[mask])
+    return data.subset(mask)
 
 
 def run_quality_bench(
@@ -67,7 +67,7 @@ def run_quality_bench(
         "devices_per_cohort": devices_per_cohort,
     }
     before = Population(**shape).cohort_preference(drifted, "navigation", 0)  # type: ignore[arg-type]
-    target = next(a for a in INTENT_APPS["navigation"][drifted.split("-c")[0]] if a != before)
+    target = next(a for a in OPTIONS[drifted.split("-c")[0]]["navigation"] if a != before)
     pop = Population(**shape, drift_rounds=[Drift(drift_round, drifted, "navigation", target)])  # type: ignore[arg-type]
     cache = StepCache(pop)
     z = noise_multiplier_for(epsilon, rounds, DELTA)

@@ -540,6 +540,34 @@ def bench_quality(
     _emit(run_quality_bench(devices_per_cohort=devices, rounds=rounds, epsilon=epsilon), as_json)
 
 
+@bench_app.command("hint")
+def bench_hint(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    devices: Annotated[int, typer.Option(help="devices per cohort")] = 100,
+    cohorts: Annotated[int, typer.Option(help="cohorts per region")] = 1,
+    rounds: Annotated[int, typer.Option(help="days of episodes per device")] = 6,
+    epsilon: Annotated[float, typer.Option(help="privacy budget per round (DP channel)")] = 2.0,
+    habit_devices: Annotated[
+        int, typer.Option(help="devices per cohort that take up a new habit")
+    ] = 40,
+    seed: Annotated[int, typer.Option(help="population seed (not the base model's)")] = 23,
+) -> None:
+    """Hint precision on realistic Open-AutoGLM episodes: base, memory, memory + private
+    adapter and a per-user oracle, per language and region; launchable share; new habits."""
+    from deploy.bench_hint import run_hint_bench
+
+    result = run_hint_bench(
+        devices_per_cohort=devices,
+        cohorts_per_region=cohorts,
+        rounds=rounds,
+        epsilon_round=epsilon,
+        habit_devices=habit_devices,
+        seed=seed,
+        progress=not as_json,
+    )
+    _emit(result, as_json)
+
+
 config_app = typer.Typer(help="Inspect and document the settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

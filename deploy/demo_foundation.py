@@ -1,7 +1,8 @@
 """The foundation scenario: two regions' devices → their own Kafka topics → their own ingestion.
 
 Simulated users (``deploy.simulation.population``) drive real :class:`edge_client.device.EdgeDevice`
-objects: steps are recorded in each device's SQLite context store, round summaries are sealed
+objects: every step of their agent episodes (Launch, Tap, Type... finish) is recorded in each
+device's SQLite context store, round summaries are sealed
 with HPKE to the home region's current key and produced through the durable outbox. A few
 hostile records are mixed in (garbage, a replay, a tampered envelope, a misrouted envelope from
 the other region) to show dead-lettering. Each region's :class:`ingestion.service.IngestionApp`
@@ -22,7 +23,6 @@ from rich.progress import Progress
 from deploy.settings import SottoSettings
 from deploy.simulation.population import Population
 from edge_client.device import EdgeDevice
-from edge_client.steps import AgentStep
 from ingestion.aggregates import aggregates
 from ingestion.audit import verify_chain
 from ingestion.service import IngestionApp
@@ -39,16 +39,6 @@ class RegionOutcome:
     aggregates: list[dict[str, Any]] = field(default_factory=list)
     audit_ok: bool = False
     audit_first_bad: int | None = None
-
-
-def _agent_step(step: Any) -> AgentStep:
-    return AgentStep(
-        action="Launch",
-        app=step.chosen_app,
-        instruction=step.instruction,
-        outcome="accepted" if step.outcome == "accepted" else "overridden",
-        timestamp=step.timestamp,
-    )
 
 
 def _hostile(settings: SottoSettings, sent: dict[str, list[bytes]]) -> dict[str, int]:
@@ -104,7 +94,7 @@ def run_foundation(
         regions=regions,
         cohorts_per_region=cohorts_per_region,
         devices_per_cohort=devices_per_cohort,
-        steps_per_round=12,
+        steps_per_round=6,  # tasks per device and round, each a whole agent episode
     )
     for region in regions:
         ensure_region_topics(policy.region(region))
@@ -121,9 +111,9 @@ def run_foundation(
             task = progress.add_task("devices sending round summaries", total=rounds * len(devices))
             for rnd in range(rounds):
                 for sim, dev in zip(pop.devices, devices, strict=True):
-                    steps = pop.steps_for_round(sim, rnd)
+                    steps = [s for e in pop.episodes_for_round(sim, rnd) for s in e.steps]
                     for s in steps:
-                        dev.record_step(_agent_step(s))
+                        dev.record_step(s)  # every step of every task, as the observer would
                     receipt = dev.send_round(rnd, now=steps[-1].timestamp)
                     if receipt.delivered:
                         outcomes[sim.region].sent += 1

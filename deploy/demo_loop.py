@@ -44,8 +44,8 @@ from learner.service import LearnerApp
 from privacy.adapter_file import LoRAWeights, adapter_from_bytes
 from privacy.adapter_manifest import SignedAdapter, verify
 from privacy.adapter_plan import AdapterPlan
-from privacy.contribution import LAYOUT_V1
-from privacy.features import StepArrays, hit_at_k
+from privacy.contribution import LAYOUT_V2
+from privacy.features import StepArrays
 from privacy.ledger import Budget
 from privacy.round_wire import RoundOpen
 
@@ -144,7 +144,7 @@ class RegionLoop:
             self.workdir / f"fleet-{self.region}",
             drop=_split_drop(self.flaky),
             keep_inputs=False,
-            layout=LAYOUT_V1.name,
+            layout=LAYOUT_V2.name,
         )
         self.fleet.start()
         self.feed = AdapterFeed(cfg.bootstrap_servers, cfg.t.adapters)
@@ -226,9 +226,9 @@ class RegionLoop:
         cfg = self.config
         expected = cfg.dropout if cfg.expected_dropout is None else cfg.expected_dropout
         return RoundSpec(
-            layout=LAYOUT_V1.name,
-            dim=LAYOUT_V1.dim,
-            clip=LAYOUT_V1.clip,
+            layout=LAYOUT_V2.name,
+            dim=LAYOUT_V2.dim,
+            clip=LAYOUT_V2.clip,
             epsilon=cfg.epsilon_per_round,
             delta=cfg.delta,
             stage_timeout_s=cfg.stage_timeout_s,
@@ -290,7 +290,7 @@ class RegionLoop:
         if len(data) == 0:
             return 0.0
         h = self.trunk.features(data)
-        return hit_at_k(self.trunk.logits(h, weights), data.labels)
+        return data.hits(self.trunk.logits(data, weights, h))
 
     def ingest_stats(self) -> dict[str, Any]:
         return self.svc.app.stats.as_dict()

@@ -38,6 +38,7 @@ from edge_client.steps import AgentStep
 from edge_client.summary import summarize
 from privacy.envelope import seal
 from privacy.errors import ConfigError
+from privacy.features import context_from_steps
 from privacy.keys import KeyEntry, KeySet
 from privacy.policy import RegionConfig, RegionPolicy
 from privacy.wire import ID_PATTERN, Envelope, RoundSummary, utcnow
@@ -173,8 +174,11 @@ class EdgeDevice:
         return self.controls.record_step(step.redacted())  # masked before anything keeps it
 
     def context_embedding(self, now: datetime | None = None) -> np.ndarray:
-        """The current decay-weighted 128-d context (for the on-device model)."""
-        return self._context.context_embedding(now)
+        """The current 128-d context for the on-device model: the recent *tasks* of the
+        window, one event each (what the user ended up using, what failed), as the model was
+        trained (:func:`privacy.features.context_from_steps`), not the taps inside them."""
+        now = now or utcnow()
+        return context_from_steps((w.step for w in self._context.window(now)), now)
 
     def build_summary(self, round: int, *, now: datetime | None = None) -> RoundSummary:
         """The summary this device would send for ``round`` given its context at ``now``.

@@ -17,11 +17,16 @@ hands the agent its task unchanged (it needs the number to act).
 
 When the hint stays silent (empty string, ``choose_app`` is None):
 
-* the model's best candidate scores below ``min_score``. The model ranks a closed catalogue,
-  so it always has *some* best app, even for "你好"; the threshold is what keeps unrelated
-  tasks free of hints;
-* the task already names a catalogue app ("打开百度地图"): the user's explicit choice wins;
-* the best candidate is not an app launch (reserved for future catalogue actions).
+* the model's best app scores below ``min_score``. The model ranks the device's candidate
+  apps, so it always has *some* best app, even for "你好"; the threshold is what keeps
+  unrelated tasks free of hints;
+* the task already names an app, in any of its spellings ("打开百度地图", "打开B站",
+  "open bilibili"; :func:`privacy.catalog.resolve`), or names one Open-AutoGLM cannot launch
+  ("打开支付宝"): the user's explicit choice wins.
+
+Every app the hint names is one Open-AutoGLM's ``Launch`` accepts, spelt as it accepts it: the
+model's candidates are (:func:`edge_client.runtime.candidate_apps`), and an app the memory
+remembers that is not (a name the user typed for an override, say) is never named.
 
 Runners-up are listed only when they clear ``min_alternative`` and serve an intent the top
 app serves (maps after maps, not a music app after maps).
@@ -57,7 +62,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from edge_client.pii import mask
-from privacy.catalog import CANDIDATES, INTENT_APPS
+from privacy import catalog
 from privacy.wire import utcnow
 
 if TYPE_CHECKING:
@@ -95,54 +100,101 @@ class AppPreference:
     score: float
 
 
-def _catalogue_apps() -> tuple[str, ...]:
-    return tuple(c[len(LAUNCH_PREFIX) :] for c in CANDIDATES if c.startswith(LAUNCH_PREFIX))
+# Spellings that are also everyday words: they name the app only when capitalised as the app
+# writes itself ("Signal", not "the signal strength"), or never (one letter, common nouns).
+_CASE_SENSITIVE = frozenset(
+    {
+        "Signal",
+        "Bolt",
+        "Just Eat",
+        "FREE NOW",
+        "Keep",
+        "Clock",
+        "Files",
+        "Contacts",
+        "Settings",
+        "Booking",
+        "Chrome",
+    }
+)
+_NEVER = frozenset(
+    {"X", "RED", "keep", "clock", "files", "contacts", "booking", "chrome", "settings"}
+    | {"File Manager", "file manager", "芒果", "贝壳", "点评", "红果", "设置", "电报", "七猫"}
+)
 
 
-# Catalogue names that are also everyday English: they count as named only when capitalised
-# as the app writes itself ("Signal", not "the signal strength").
-_ORDINARY_WORDS = frozenset({"Signal", "Bolt", "Just Eat", "FREE NOW"})
-
-
-def _app_pattern(app: str) -> re.Pattern[str]:
+def _app_pattern(spelling: str) -> re.Pattern[str]:
     # Latin names match as whole words only ("Bolt" must not fire on "Bolton"); CJK names
     # have no word boundaries, so a plain substring is the right test there.
-    flags = 0 if app in _ORDINARY_WORDS else re.IGNORECASE
-    if re.search(r"[A-Za-z0-9]", app):
-        return re.compile(rf"(?<![A-Za-z0-9]){re.escape(app)}(?![A-Za-z0-9])", flags)
-    return re.compile(re.escape(app), flags)
+    flags = 0 if spelling in _CASE_SENSITIVE else re.IGNORECASE
+    body = re.escape(spelling)
+    if re.search(r"[A-Za-z0-9]", spelling):
+        return re.compile(rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])", flags)
+    return re.compile(body, flags)
 
 
-_APP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (app, _app_pattern(app)) for app in _catalogue_apps()
-)
-_APP_INTENTS: dict[str, frozenset[str]] = {
-    app: frozenset(
-        intent
-        for intent, by_region in INTENT_APPS.items()
-        if any(app in apps for apps in by_region.values())
-    )
-    for app in _catalogue_apps()
-}
+def _named_table() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    """(name to report, pattern) for every spelling of every catalogue app (reported by its
+    canonical name) and every known app Open-AutoGLM cannot launch (reported as listed)."""
+    table: dict[str, str] = {}
+    for entry in catalog.APPS:
+        for spelling in entry.spellings:
+            table.setdefault(spelling, entry.name)
+    for name in catalog.UNLAUNCHABLE:
+        table.setdefault(name, name)
+    return tuple((app, _app_pattern(sp)) for sp, app in table.items() if sp not in _NEVER)
+
+
+_APP_PATTERNS = _named_table()
+
+
+def _intents(app: str) -> frozenset[str]:
+    return frozenset(catalog.intents_of(app))
+
+
+def _app_of(s: Suggestion) -> str:
+    """The app of a suggestion (``Suggestion.app``; a source that only gives the action id
+    ``"launch:<app>"`` works too)."""
+    app = getattr(s, "app", None)
+    if app is None:
+        candidate = str(getattr(s, "candidate", ""))
+        app = candidate[len(LAUNCH_PREFIX) :] if candidate.startswith(LAUNCH_PREFIX) else candidate
+    return str(app)
 
 
 def _overlaid(s: Suggestion, remembered: dict[str, float]) -> Suggestion:
-    app = s.candidate[len(LAUNCH_PREFIX) :] if s.candidate.startswith(LAUNCH_PREFIX) else None
-    if app is None or app not in remembered:
+    app = _app_of(s)
+    if app not in remembered:
         return s
     return dataclasses.replace(s, score=remembered[app])
 
 
 def named_apps(text: str) -> list[str]:
-    """Catalogue apps that ``text`` names explicitly (Latin names case-insensitively, except
-    those that are ordinary words).
+    """The apps ``text`` names explicitly, by any spelling in the catalogue's alias table
+    (canonical names; a known app Open-AutoGLM cannot launch is reported as listed), in the
+    order they appear. A longer match wins over a shorter one inside it ("QQ音乐", not "QQ").
 
-    >>> named_apps("打开百度地图导航去公司"), named_apps("open spotify")
-    (['百度地图'], ['Spotify'])
+    >>> named_apps("打开百度地图导航去公司"), named_apps("open spotify"), named_apps("打开B站")
+    (['百度地图'], ['Spotify'], ['bilibili'])
+    >>> named_apps("打开bilibili"), named_apps("用哔哩哔哩看猫咪视频"), named_apps("放QQ音乐")
+    (['bilibili'], ['bilibili'], ['QQ音乐'])
     >>> named_apps("check the signal strength"), named_apps("message Anna on Signal")
     ([], ['Signal'])
     """
-    return [app for app, pattern in _APP_PATTERNS if pattern.search(text)]
+    spans: list[tuple[int, int, str]] = []
+    for app, pattern in _APP_PATTERNS:
+        for m in pattern.finditer(text):
+            spans.append((m.start(), m.end(), app))
+    spans.sort(key=lambda s: (-(s[1] - s[0]), s[0]))
+    taken: list[tuple[int, int, str]] = []
+    for start, end, app in spans:
+        if all(end <= a or start >= b for a, b, _ in taken):
+            taken.append((start, end, app))
+    out: list[str] = []
+    for _, _, app in sorted(taken):
+        if app not in out:
+            out.append(app)
+    return out
 
 
 class PreferenceHint:
@@ -223,7 +275,9 @@ class PreferenceHint:
         instruction = mask(instruction)  # embedded and remembered as the device stores it
         remembered = self.memory.scores(instruction, self.clock()) if self.memory else {}
         if remembered and max(remembered.values()) >= self.min_score:
-            return self._from_memory(remembered)
+            found = self._from_memory(remembered)
+            if found:
+                return found
         if self.model is None or self.context is None:
             return []
         suggestions = self.model.suggest(instruction, self.context(), k=self.k)
@@ -233,28 +287,34 @@ class PreferenceHint:
             )
         return self._select(suggestions)
 
+    def _launchable(self, app: str) -> bool:
+        """Whether the agent can launch ``app`` as spelt: a catalogue launch name, or one of
+        the model's candidates (the phone's launchable apps)."""
+        return catalog.is_launchable(app) or app in getattr(self.model, "apps", ())
+
     def _from_memory(self, remembered: dict[str, float]) -> list[AppPreference]:
-        ranked = sorted(remembered.items(), key=lambda kv: -kv[1])
+        ranked = sorted(
+            ((app, score) for app, score in remembered.items() if self._launchable(app)),
+            key=lambda kv: -kv[1],
+        )
+        if not ranked or ranked[0][1] < self.min_score:
+            return []
         top, rest = ranked[0], ranked[1 : self.k]
         return [AppPreference(*top)] + [
             AppPreference(app, score) for app, score in rest if score >= self.min_alternative
         ]
 
     def _select(self, suggestions: Sequence[Suggestion]) -> list[AppPreference]:
-        if not suggestions:
+        ranked = [(_app_of(s), float(s.score)) for s in suggestions]
+        ranked = [(app, score) for app, score in ranked if self._launchable(app)]
+        if not ranked or ranked[0][1] < self.min_score:
             return []
-        best = suggestions[0]
-        if not best.candidate.startswith(LAUNCH_PREFIX) or best.score < self.min_score:
-            return []
-        top = AppPreference(best.candidate[len(LAUNCH_PREFIX) :], float(best.score))
-        intents = _APP_INTENTS.get(top.app, frozenset())
+        top = AppPreference(*ranked[0])
+        intents = _intents(top.app)
         picked = [top]
-        for s in suggestions[1:]:
-            if not s.candidate.startswith(LAUNCH_PREFIX) or s.score < self.min_alternative:
-                continue
-            app = s.candidate[len(LAUNCH_PREFIX) :]
-            if _APP_INTENTS.get(app, frozenset()) & intents:
-                picked.append(AppPreference(app, float(s.score)))
+        for app, score in ranked[1:]:
+            if score >= self.min_alternative and _intents(app) & intents:
+                picked.append(AppPreference(app, score))
         return picked
 
     def choose_app(self, instruction: str) -> str | None:

@@ -18,18 +18,26 @@ immutable slot object under a lock, so a concurrent ``suggest`` sees the old or 
 adapter, never a mix.
 
 Version 0 is the zero adapter: the base model itself, what a fresh device runs.
+
+What it ranks: the device's candidate apps (:attr:`DeviceModel.apps`; by default the
+catalogue's apps of its region, or whatever launchable apps the phone has, via
+:meth:`DeviceModel.set_apps`). The graph scores apps by their identity features, so the
+candidate list can change at any time without a new model; every suggestion is a spelling
+Open-AutoGLM's ``Launch`` accepts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from privacy import catalog
 from privacy.adapter_file import adapter_from_bytes, load_lora_adapter
 from privacy.adapter_manifest import (
     ALL_COHORTS,
@@ -39,10 +47,17 @@ from privacy.adapter_manifest import (
     SignedAdapter,
     verify,
 )
-from privacy.catalog import CANDIDATES, candidate_index
 from privacy.embedding import embed_instruction
 from privacy.errors import ConfigError, LocalProtocolError
-from privacy.graph_io import INPUT_CONTEXT, INPUT_INSTRUCTION, LORA_A, LORA_B, OUTPUT_LOGITS
+from privacy.features import app_features
+from privacy.graph_io import (
+    INPUT_APPS,
+    INPUT_CONTEXT,
+    INPUT_INSTRUCTION,
+    LORA_A,
+    LORA_B,
+    OUTPUT_LOGITS,
+)
 from privacy.wire import EMBEDDING_DIM
 
 _CANARY_DOMAIN = b"sotto/canary/v1\x00"
@@ -64,10 +79,37 @@ def in_canary(device_id: str, version: int, fraction: float) -> bool:
 
 @dataclass(frozen=True)
 class Suggestion:
-    """One ranked candidate (``"launch:<app>"``) and its probability under the live model."""
+    """One ranked app (its launchable spelling) and its probability under the live model."""
 
-    candidate: str
+    app: str
     score: float
+
+    @property
+    def candidate(self) -> str:
+        """The action id, ``"launch:<app>"``."""
+        return catalog.candidate_id(self.app)
+
+
+def candidate_apps(apps: Iterable[str]) -> tuple[str, ...]:
+    """Names a device may suggest, deduplicated by app: catalogue spellings become the
+    catalogue's canonical (launchable) name; a name the catalogue does not know is kept as
+    given (the caller vouches that the agent can launch it, e.g. it is in the agent's own app
+    table); known apps the agent cannot launch by name (支付宝...) are dropped.
+
+    >>> candidate_apps(["哔哩哔哩", "bilibili", "B站", "支付宝", "Google-Maps", "MyBank"])
+    ('bilibili', 'Google Maps', 'MyBank')
+    """
+    seen: dict[str, None] = {}
+    for name in apps:
+        if not name or catalog.is_unlaunchable(name) or name == "System Home":
+            continue
+        seen.setdefault(catalog.resolve(name) or name, None)
+    return tuple(seen)
+
+
+def _strip_action(name: str) -> str:
+    prefix = "launch:"
+    return name[len(prefix) :] if name.startswith(prefix) else name
 
 
 @dataclass(frozen=True)
@@ -106,6 +148,7 @@ class DeviceModel:
         cohort: str,
         *,
         device_id: str | None = None,
+        apps: Iterable[str] | None = None,
     ) -> None:
         self.region = region
         self.cohort = cohort
@@ -120,6 +163,11 @@ class DeviceModel:
             base_onnx_bytes, opts, providers=["CPUExecutionProvider"]
         )
         self._lora_shapes = self._check_graph()
+        self._apps: tuple[str, ...] = ()
+        self._app_feats = np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        if apps is None:
+            apps = catalog.apps_for_region(region) or catalog.APP_NAMES
+        self.set_apps(apps)
         self._lock = threading.Lock()
         self._live = _Slot(0, None, ort.RunOptions(), None)
         self._previous: _Slot | None = None
@@ -218,46 +266,92 @@ class DeviceModel:
         with self._lock:
             self._candidate = None
 
+    # --- candidates ------------------------------------------------------------------------
+
+    @property
+    def apps(self) -> tuple[str, ...]:
+        """The apps this device suggests from (launchable spellings), in score order of
+        :meth:`scores`."""
+        return self._apps
+
+    def set_apps(self, apps: Iterable[str]) -> None:
+        """Replace the candidate apps, e.g. with the phone's installed, launchable apps (see
+        :func:`candidate_apps` for how names are normalized). Default: the catalogue's apps of
+        the device's region."""
+        names = candidate_apps(apps)
+        if not names:
+            raise ConfigError("a device needs at least one launchable app to suggest")
+        self._apps, self._app_feats = names, app_features(names)
+
     # --- inference -------------------------------------------------------------------------
 
-    def scores(self, instruction: str, context_embedding: np.ndarray) -> np.ndarray:
-        """Probabilities over the catalogue with the live adapter."""
-        return self._probs(self._live, instruction, context_embedding)
+    def scores(
+        self,
+        instruction: str,
+        context_embedding: np.ndarray,
+        apps: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Probabilities over the candidate apps (:attr:`apps`, or ``apps`` as
+        :func:`candidate_apps` normalizes them) with the live adapter."""
+        _, feats = self._candidates(apps)
+        return self._probs(self._live, instruction, context_embedding, feats)
 
     def suggest(
-        self, instruction: str, context_embedding: np.ndarray, k: int = 3
+        self,
+        instruction: str,
+        context_embedding: np.ndarray,
+        k: int = 3,
+        apps: Sequence[str] | None = None,
     ) -> list[Suggestion]:
-        """The ``k`` most likely candidates for ``instruction``, best first."""
-        probs = self.scores(instruction, context_embedding)
+        """The ``k`` most likely apps for ``instruction``, best first."""
+        names, feats = self._candidates(apps)
+        probs = self._probs(self._live, instruction, context_embedding, feats)
         top = np.argsort(-probs, kind="stable")[:k]
-        return [Suggestion(CANDIDATES[i], float(probs[i])) for i in top]
+        return [Suggestion(names[i], float(probs[i])) for i in top]
 
     def shadow_eval(
-        self, instruction: str, context_embedding: np.ndarray, actual: str, k: int = 1
+        self,
+        instruction: str,
+        context_embedding: np.ndarray,
+        actual: str,
+        k: int = 1,
+        apps: Sequence[str] | None = None,
     ) -> ShadowResult:
-        """Score the staged candidate beside live on a step whose outcome (``actual``, a
-        catalogue id such as ``"launch:高德地图"``) is known; return hit/miss for both."""
+        """Score the staged candidate beside live on a task whose outcome (``actual``, the app
+        the user used, any spelling) is known; return hit/miss for both."""
         live, cand = self._live, self._candidate
         if cand is None:
             raise LocalProtocolError("no staged candidate to shadow-evaluate")
-        label = candidate_index(actual)
+        names, feats = self._candidates(apps)
+        used = _strip_action(actual)
+        used = catalog.resolve(used) or used
+        label = names.index(used) if used in names else -1
         hits = []
         for slot in (live, cand):
-            probs = self._probs(slot, instruction, context_embedding)
+            probs = self._probs(slot, instruction, context_embedding, feats)
             hits.append(label in np.argsort(-probs, kind="stable")[:k])
         return ShadowResult(live.version, cand.version, bool(hits[0]), bool(hits[1]))
 
     # --- internals -------------------------------------------------------------------------
 
+    def _candidates(self, apps: Sequence[str] | None) -> tuple[tuple[str, ...], np.ndarray]:
+        if apps is None:
+            return self._apps, self._app_feats
+        names = candidate_apps(apps)
+        if not names:
+            raise ValueError("no launchable app among the candidates given")
+        return names, app_features(names)
+
     def _check_graph(self) -> dict[str, tuple[int, ...]]:
         out = self._session.get_outputs()
-        if out[0].name != OUTPUT_LOGITS or out[0].shape[-1] != len(CANDIDATES):
-            raise ConfigError(
-                f"base model scores {out[0].shape[-1]} candidates, catalogue has {len(CANDIDATES)}"
-            )
+        if out[0].name != OUTPUT_LOGITS:
+            raise ConfigError(f"base model's output is {out[0].name!r}, not {OUTPUT_LOGITS!r}")
         names = {i.name for i in self._session.get_inputs()}
-        if {INPUT_INSTRUCTION, INPUT_CONTEXT} - names:
-            raise ConfigError(f"base model lacks inputs {INPUT_INSTRUCTION}/{INPUT_CONTEXT}")
+        if {INPUT_INSTRUCTION, INPUT_CONTEXT, INPUT_APPS} - names:
+            raise ConfigError(
+                f"base model lacks inputs {INPUT_INSTRUCTION}/{INPUT_CONTEXT}/{INPUT_APPS}: "
+                "not the two-tower graph of this release"
+            )
         lora = {i.name: i.shape for i in self._session.get_overridable_initializers()}
         if not {LORA_A, LORA_B} <= set(lora):
             raise ConfigError("base model has no overridable lora_A/lora_B inputs")
@@ -298,11 +392,14 @@ class DeviceModel:
         run_options.add_active_adapter(adapter)
         return _Slot(m.version, m, run_options, adapter)
 
-    def _probs(self, slot: _Slot, instruction: str, context_embedding: np.ndarray) -> np.ndarray:
+    def _probs(
+        self, slot: _Slot, instruction: str, context_embedding: np.ndarray, apps: np.ndarray
+    ) -> np.ndarray:
         context = np.asarray(context_embedding, dtype=np.float32).reshape(1, EMBEDDING_DIM)
         feeds = {
             INPUT_INSTRUCTION: embed_instruction(instruction).reshape(1, EMBEDDING_DIM),
             INPUT_CONTEXT: context,
+            INPUT_APPS: apps,
         }
         logits = self._session.run([OUTPUT_LOGITS], feeds, slot.run_options)[0][0]
         z = np.exp(logits - logits.max())

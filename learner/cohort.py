@@ -34,7 +34,13 @@ from river import stats as river_stats
 from river import utils as river_utils
 
 from learner.actions import AdapterAction
-from learner.fit import FitConfig, _net_digest, fit_adapter, reference_gram
+from learner.fit import (
+    FitConfig,
+    _net_digest,
+    fit_adapter,
+    reference_app_gram,
+    reference_gram,
+)
 from learner.gate import PairedEvidence
 from learner.model import PersonalizationNet
 from learner.rollout import ACTION_KIND, Event, MonitorConfig, RegressionMonitor, transition
@@ -53,7 +59,7 @@ STATE_VERSION = 1
 class LearnerConfig:
     """Policy of one cohort's loop. Margins are in hit@1 units (0.02 = two points)."""
 
-    layout: str = "lora-ss-v1"
+    layout: str = "lora-ss-v2"
     window: int = 6
     max_age_s: float | None = 14 * 86400.0
     decay: float = 0.6
@@ -118,6 +124,7 @@ class CohortLearner:
         self._rank = base_net.config.rank
         self._scale = base_net.config.scale
         self._gram = reference_gram(base_net) if gram is None else np.asarray(gram, np.float64)
+        self._app_gram = reference_app_gram(base_net)
         self._window = StatsWindow(config.window, config.max_age_s, config.decay)
         zero = base_net.config.zero_lora()
         self._versions: dict[int, _Version] = {0: _Version(0, S.LIVE, zero, None, ())}
@@ -400,6 +407,7 @@ class CohortLearner:
             scale=self._scale,
             live=live,
             config=replace(self.config.fit, seed=self.config.fit.seed + self._next_version),
+            app_gram=self._app_gram,
         )
         return self._register(weights, reason="fitted on window")
 

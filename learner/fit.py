@@ -1,20 +1,23 @@
 """Fit a cohort's LoRA from windowed sufficient statistics: a damped Newton step, in torch.
 
-The objective. Devices send ``M = mean h (e_y - p_base)^T``, the negative gradient of the
-cross-entropy with respect to a final-layer delta ``D`` at the base model. Around the base, the
-loss is approximated by the quadratic
+The objective. Devices send ``M = mean h (V^T g)^T``, the negative gradient of the row loss
+with respect to a delta ``D`` on the context tower's last layer at the base model
+(``[hidden, query]``, whatever the number of apps). Around the base, the loss is approximated
+by the quadratic
 
-    J(D) = 1/2 <D, (G + lam I) D> / kappa - <M, D> + mu/2 ||D - D_live||^2 / kappa
+    J(D) = 1/2 <D, (G + lam I) D H> / kappa - <M, D> + mu/2 <D - D_live, (D - D_live) H> / kappa
 
-with ``G = E[h h^T]`` the trunk-feature Gram matrix (read on the base model's public training
-population: it is a property of the frozen trunk, nearly the same for every cohort, and
-privately estimating its 2,080 entries would cost budget better spent on ``M``), ``kappa`` the
-inverse curvature (a step size), ``lam`` a ridge that also shrinks the DP noise, and ``mu`` a
-pull towards the live adapter that keeps successive versions close. LoRA constrains
-``D = scale * A @ B`` to rank ``r``; we minimise ``J`` over ``(A, B)`` with Adam for a fixed
-number of steps, warm-started from the live adapter, in the whitened form
-``||P (scale*A@B - D*)||^2`` with ``P = (G + (lam+mu) I)^{1/2}`` and ``D*`` the unconstrained
-minimiser. The cost is independent of how many rounds the stream has seen.
+with ``G = E[h h^T]`` the trunk-feature Gram matrix and ``H = E[V^T (diag p - p p^T) V]`` (plus
+``app_ridge`` times its mean eigenvalue) the app side of the curvature: the Kronecker
+factorisation of the loss Hessian. Both are read on the base model's public training
+population (properties of the frozen towers, nearly the same for every cohort; privately
+estimating them would cost budget better spent on ``M``). ``kappa`` is the inverse curvature
+(a step size), ``lam`` a ridge that also shrinks the DP noise, and ``mu`` a pull towards the
+live adapter that keeps successive versions close. LoRA constrains ``D = scale * A @ B`` to
+rank ``r``; we minimise ``J`` over ``(A, B)`` with Adam for a fixed number of steps,
+warm-started from the live adapter, in the whitened form ``||P (scale*A@B - D*) Q||^2`` with
+``P = (G + (lam+mu) I)^{1/2}``, ``Q = H^{1/2}`` and ``D*`` the unconstrained minimiser. The
+cost is independent of how many rounds the stream has seen.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from privacy.adapter_file import LoRAWeights
 class FitConfig:
     """Hyperparameters of the Newton-LoRA fit (set once per deployment, not per cohort)."""
 
-    kappa: float = 60.0  # inverse curvature: how far one step goes along the gradient
-    ridge: float = 3.0  # lam: shrinks noisy directions
+    kappa: float = 4.0  # inverse curvature: how far one step goes along the Newton direction
+    ridge: float = 12.0  # lam: shrinks noisy directions
     prox: float = 0.5  # mu: pull towards the live adapter
+    app_ridge: float = 3.0  # ridge on the app-side curvature, relative to its mean eigenvalue
     steps: int = 250  # Adam steps (fixed: cost does not grow with the stream)
     lr: float = 0.05
     seed: int = 0
@@ -48,6 +52,23 @@ def _net_digest(net: PersonalizationNet) -> str:
     return h.hexdigest()
 
 
+def reference_app_gram(net: PersonalizationNet) -> np.ndarray:
+    """``E[V^T (diag p - p p^T) V]``: the app side of the loss curvature on the base's own
+    training data (:meth:`PersonalizationNet.set_reference_gram`)."""
+    h = net.app_gram.detach().cpu().numpy().astype(np.float64)
+    if not h.any():
+        raise ValueError("the base net carries no app Gram; train it with train_base")
+    return h.copy()
+
+
+def _app_metric(app_gram: np.ndarray | None, width: int, cfg: FitConfig) -> np.ndarray:
+    """``H + app_ridge * mean_eig(H) I`` (the identity without ``H``)."""
+    if app_gram is None:
+        return np.eye(width)
+    h = np.asarray(app_gram, dtype=np.float64)
+    return h + cfg.app_ridge * float(np.trace(h)) / len(h) * np.eye(len(h))
+
+
 def reference_gram(net: PersonalizationNet) -> np.ndarray:
     """``E[h h^T]`` of the trunk features on the base's own (public, simulated) training data,
     stored in the net when it was trained (:meth:`PersonalizationNet.set_reference_gram`)."""
@@ -58,13 +79,26 @@ def reference_gram(net: PersonalizationNet) -> np.ndarray:
 
 
 def newton_target(
-    mean_stats: np.ndarray, gram: np.ndarray, live: LoRAWeights | None, scale: float, cfg: FitConfig
+    mean_stats: np.ndarray,
+    gram: np.ndarray,
+    live: LoRAWeights | None,
+    scale: float,
+    cfg: FitConfig,
+    app_gram: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The unconstrained minimiser ``D*`` of ``J``."""
+    """The unconstrained minimiser ``D*`` of ``J``: ``(G + (lam+mu) I)^-1 (kappa M H^-1 +
+    mu D_live)``, ``H`` the app-side curvature (the identity when not given)."""
     hidden = gram.shape[0]
     d_live = np.zeros_like(mean_stats) if live is None else scale * live.delta().astype(np.float64)
     lhs = gram + (cfg.ridge + cfg.prox) * np.eye(hidden)
-    return np.linalg.solve(lhs, cfg.kappa * mean_stats + cfg.prox * d_live)
+    h = _app_metric(app_gram, mean_stats.shape[1], cfg)
+    step = np.linalg.solve(h, mean_stats.T).T
+    return np.linalg.solve(lhs, cfg.kappa * step + cfg.prox * d_live)
+
+
+def _sqrt_psd(m: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(m)
+    return (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
 
 
 def fit_adapter(
@@ -75,14 +109,16 @@ def fit_adapter(
     scale: float,
     live: LoRAWeights | None = None,
     config: FitConfig = FitConfig(),
+    app_gram: np.ndarray | None = None,
 ) -> LoRAWeights:
     """Rank-``rank`` LoRA minimising ``J`` (see module docstring); deterministic given inputs."""
-    hidden, _ = mean_stats.shape
-    target = newton_target(mean_stats, gram, live, scale, config)
-    w, v = np.linalg.eigh(gram + (config.ridge + config.prox) * np.eye(hidden))
-    p = (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
+    hidden, width = mean_stats.shape
+    target = newton_target(mean_stats, gram, live, scale, config, app_gram)
+    p = _sqrt_psd(gram + (config.ridge + config.prox) * np.eye(hidden))
+    q = _sqrt_psd(_app_metric(app_gram, width, config))
     t_p = torch.from_numpy(p)
-    t_target = torch.from_numpy(p @ target)
+    t_q = torch.from_numpy(q)
+    t_target = torch.from_numpy(p @ target @ q)
     norm = float(torch.linalg.norm(t_target)) or 1.0
     if live is not None and np.any(live.B):
         a = torch.from_numpy(live.A.astype(np.float64).copy())
@@ -96,17 +132,23 @@ def fit_adapter(
     opt = torch.optim.Adam([a, b], lr=config.lr)
     for _ in range(config.steps):
         opt.zero_grad()
-        resid = t_p @ (scale * a @ b) - t_target
+        resid = t_p @ (scale * a @ b) @ t_q - t_target
         loss = (resid * resid).sum() / norm**2
         loss.backward()
         opt.step()
     return LoRAWeights(a.detach().numpy(), b.detach().numpy())
 
 
-def optimal_rank_r(target: np.ndarray, gram_reg: np.ndarray, rank: int) -> np.ndarray:
-    """The exact best rank-``rank`` ``D`` in the ``P``-metric (for tests and diagnostics)."""
-    w, v = np.linalg.eigh(gram_reg)
-    p = (v * np.sqrt(w)) @ v.T
-    p_inv = (v / np.sqrt(w)) @ v.T
-    u, s, vt = np.linalg.svd(p @ target, full_matrices=False)
-    return p_inv @ ((u[:, :rank] * s[:rank]) @ vt[:rank])
+def optimal_rank_r(
+    target: np.ndarray, gram_reg: np.ndarray, rank: int, app_gram: np.ndarray | None = None
+) -> np.ndarray:
+    """The exact best rank-``rank`` ``D`` in the ``P . Q`` metric (for tests and diagnostics)."""
+
+    def roots(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w, v = np.linalg.eigh(m)
+        return (v * np.sqrt(w)) @ v.T, (v / np.sqrt(w)) @ v.T
+
+    p, p_inv = roots(gram_reg)
+    q, q_inv = roots(np.eye(target.shape[1]) if app_gram is None else app_gram)
+    u, s, vt = np.linalg.svd(p @ target @ q, full_matrices=False)
+    return p_inv @ ((u[:, :rank] * s[:rank]) @ vt[:rank]) @ q_inv

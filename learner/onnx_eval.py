@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 
 from privacy.adapter_file import load_lora_adapter
-from privacy.features import StepArrays, hit_at_k
-from privacy.graph_io import INPUT_CONTEXT, INPUT_INSTRUCTION
+from privacy.features import StepArrays
+from privacy.graph_io import INPUT_APPS, INPUT_CONTEXT, INPUT_INSTRUCTION
 
 
 def single_thread_session(onnx_bytes: bytes) -> ort.InferenceSession:
@@ -26,7 +26,8 @@ def single_thread_session(onnx_bytes: bytes) -> ort.InferenceSession:
 def onnx_scores(
     onnx_bytes: bytes | ort.InferenceSession, data: StepArrays, adapter: bytes | None = None
 ) -> np.ndarray:
-    """Logits ``[N, num_candidates]`` for ``data``, with ``adapter`` active if given."""
+    """Logits ``[N, len(data.apps)]`` for ``data`` (unmasked), with ``adapter`` active if
+    given."""
     session = (
         onnx_bytes
         if isinstance(onnx_bytes, ort.InferenceSession)
@@ -37,7 +38,11 @@ def onnx_scores(
     lora = load_lora_adapter(adapter) if adapter is not None else None
     if lora is not None:
         run_options.add_active_adapter(lora)
-    feeds = {INPUT_INSTRUCTION: data.instruction, INPUT_CONTEXT: data.context}
+    feeds = {
+        INPUT_INSTRUCTION: data.instruction,
+        INPUT_CONTEXT: data.context,
+        INPUT_APPS: data.app_features(),
+    }
     return session.run(None, feeds, run_options)[0]
 
 
@@ -47,4 +52,5 @@ def onnx_hit_at_k(
     adapter: bytes | None = None,
     k: int = 1,
 ) -> float:
-    return hit_at_k(onnx_scores(onnx_bytes, data, adapter), data.labels, k)
+    """hit@k on the preference rows of ``data``, each among its available apps."""
+    return data.hits(onnx_scores(onnx_bytes, data, adapter), k)

@@ -6,7 +6,7 @@ one file touch is :mod:`privacy.adapter_file`'s private scratch file, because ON
 adapter API reads and writes adapter files by path only. edge_client/ and the backend drive
 this over Kafka; tests drive it directly. Wire contracts (envelopes and payloads, round
 messages, the adapter plan, manifest and its verification, the contribution layout, the
-model graph's names and the candidate catalog) are defined here once.
+model graph's names, the episode features and the open app catalogue) are defined here once.
 """
 
 from privacy.adapter_manifest import AdapterManifest, AdapterRejected, SignedAdapter, verify

@@ -8,7 +8,7 @@ through a private temporary directory that is removed at once.
 
 The ``base`` adapter is all zeros: ``(h @ 0) @ 0 == 0``, the base model's own output.
 
->>> w = LoRAWeights.zeros(hidden=4, rank=2, num_candidates=3)
+>>> w = LoRAWeights.zeros(hidden=4, rank=2, out_dim=3)
 >>> blob = adapter_to_bytes(w, adapter_version=5)
 >>> back = adapter_from_bytes(blob)
 >>> back.adapter_version, back.weights.A.shape, back.weights.B.shape
@@ -36,10 +36,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class LoRAWeights:
-    """A low-rank delta on the final layer: ``logits += scale * (h @ A) @ B``.
+    """A low-rank delta on the context tower's last layer: ``query += scale * (h @ A) @ B``.
 
-    ``A`` is ``[hidden, rank]``, ``B`` is ``[rank, num_candidates]``, both float32. The scale is
-    part of the base graph (see :class:`learner.model.ModelConfig`), not of the adapter.
+    ``A`` is ``[hidden, rank]``, ``B`` is ``[rank, query_dim]``, both float32: the adapter's
+    size does not depend on how many apps there are. The scale is part of the base graph (see
+    :class:`learner.model.ModelConfig`), not of the adapter.
     """
 
     A: np.ndarray
@@ -54,10 +55,10 @@ class LoRAWeights:
         object.__setattr__(self, "B", b)
 
     @classmethod
-    def zeros(cls, hidden: int, rank: int, num_candidates: int) -> LoRAWeights:
+    def zeros(cls, hidden: int, rank: int, out_dim: int) -> LoRAWeights:
         return cls(
             np.zeros((hidden, rank), dtype=np.float32),
-            np.zeros((rank, num_candidates), dtype=np.float32),
+            np.zeros((rank, out_dim), dtype=np.float32),
         )
 
     @property
@@ -65,7 +66,7 @@ class LoRAWeights:
         return int(self.A.shape[1])
 
     def delta(self) -> np.ndarray:
-        """The full ``[hidden, num_candidates]`` update ``A @ B`` (unscaled)."""
+        """The full ``[hidden, query_dim]`` update ``A @ B`` (unscaled)."""
         return self.A @ self.B
 
     def as_feeds(self) -> dict[str, np.ndarray]:
@@ -101,9 +102,9 @@ def adapter_to_bytes(weights: LoRAWeights, adapter_version: int, model_version: 
         return path.read_bytes()
 
 
-def zero_adapter(hidden: int, rank: int, num_candidates: int, model_version: int = 1) -> bytes:
+def zero_adapter(hidden: int, rank: int, out_dim: int, model_version: int = 1) -> bytes:
     """The ``base`` adapter (version 0): all zeros, so outputs equal the base model's."""
-    return adapter_to_bytes(LoRAWeights.zeros(hidden, rank, num_candidates), 0, model_version)
+    return adapter_to_bytes(LoRAWeights.zeros(hidden, rank, out_dim), 0, model_version)
 
 
 def with_adapter_file(data: bytes, use: Callable[[str], T]) -> T:

@@ -2,17 +2,21 @@
 
 Devices never send data the learner could read one by one: each contribution is clipped,
 noised, masked with SecAgg+ and only the cohort's DP-noised sum is released. So the vector
-must be built from quantities whose *sum* is what the learner needs. Layout ``lora-ss-v1``
+must be built from quantities whose *sum* is what the learner needs. Layout ``lora-ss-v2``
 has three blocks (see docs/learning.md for the measurements behind each choice):
 
-``stats`` ``[hidden, candidates]``
-    ``M_i = mean_t h_t (e_{y_t} - p_t)^T`` over the device's steps of the round: ``h`` the
-    frozen trunk features ``relu(W1 x + b1)``, ``y`` the candidate the user actually chose,
-    ``p`` the *base* model's softmax. It is the negative cross-entropy gradient with respect
-    to a final-layer delta at the base model, so a sum over devices is the cohort's gradient
-    and, with the trunk's feature Gram matrix, gives a Newton (quadratic) step — exactly what
-    the LoRA needs, since LoRA is a delta on that layer. Per-step *means* bound each device's
-    influence whatever its activity.
+``stats`` ``[hidden, query_dim]``
+    ``M_i = mean_t h_t (V^T g_t)^T`` over the device's labelled rows of the round (one per
+    finished task, :func:`privacy.features.rows_of`): ``h`` the frozen trunk features
+    ``relu(W1 x + b1)``, ``V`` the app tower's vectors of the device's candidate apps, ``g``
+    the negative loss gradient with respect to the logits under the *base* model
+    (:func:`privacy.features.row_gradient`: ``e_y - p`` for the app the user used, the
+    opposite push for an app that failed to launch). It is the negative gradient with respect
+    to a delta on the context tower's last layer at the base model, so a sum over devices is
+    the cohort's gradient and, with the trunk's feature Gram matrix, gives a Newton
+    (quadratic) step — exactly what the LoRA needs, since LoRA is a delta on that layer. Its
+    shape does not depend on the apps: devices with different candidate sets add up. Per-row
+    *means* bound each device's influence whatever its activity.
 ``shadow`` ``[2]``
     ``(d_i, d_i**2)`` with ``d_i`` = the device's hit@1 of the shadow candidate minus that of
     live on its own round steps. A paired, per-device difference: its sum over devices gives
@@ -29,8 +33,8 @@ L2 sensitivity of the sum under add/remove-one-device adjacency. ``weight`` spen
 budget: decoded noise on block ``b`` is ``noise_stddev / weight_b``. The eval blocks are tiny
 (two numbers), so a large weight makes their decoded noise small at little cost.
 
->>> v = LAYOUT_V1.encode({"shadow": np.array([0.1, 0.01])})
->>> v.shape == (LAYOUT_V1.dim,), round(float(LAYOUT_V1.decode(v)["shadow"][0]), 6)
+>>> v = LAYOUT_V2.encode({"shadow": np.array([0.1, 0.01])})
+>>> v.shape == (LAYOUT_V2.dim,), round(float(LAYOUT_V2.decode(v)["shadow"][0]), 6)
 (True, 0.1)
 """
 
@@ -42,9 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.catalog import NUM_CANDIDATES
-
 HIDDEN = 64  # the trunk width of learner.model.ModelConfig (kept torch-free here)
+QUERY_DIM = 32  # the query/app vector width of learner.model.ModelConfig
 
 
 @dataclass(frozen=True)
@@ -137,15 +140,15 @@ class ContributionLayout:
         return noise_stddev / self.block(name).weight
 
 
-LAYOUT_V1 = ContributionLayout(
-    name="lora-ss-v1",
+LAYOUT_V2 = ContributionLayout(
+    name="lora-ss-v2",
     blocks=(
-        Block("stats", (HIDDEN, NUM_CANDIDATES), raw_clip=1.0, weight=0.8),
+        Block("stats", (HIDDEN, QUERY_DIM), raw_clip=0.6, weight=0.8),
         Block("shadow", (2,), raw_clip=0.5, weight=0.84),
         Block("rollout", (2,), raw_clip=0.5, weight=0.84),
     ),
 )
-LAYOUTS: dict[str, ContributionLayout] = {LAYOUT_V1.name: LAYOUT_V1}
+LAYOUTS: dict[str, ContributionLayout] = {LAYOUT_V2.name: LAYOUT_V2}
 
 
 def layout_named(name: str) -> ContributionLayout:

@@ -19,9 +19,11 @@ import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 import numpy as np
 
+from privacy import catalog
 from privacy.wire import EMBEDDING_DIM
 
 EMBED_VERSION = 1
@@ -62,6 +64,13 @@ def embed_instruction(text: str) -> np.ndarray:
     return hash_features((t, 1.0) for t in instruction_tokens(text))
 
 
+@lru_cache(maxsize=8192)
+def _instruction(text: str) -> np.ndarray:
+    v = embed_instruction(text)
+    v.setflags(write=False)
+    return v
+
+
 def embed_step(
     instruction: str,
     action: str,
@@ -83,6 +92,68 @@ def embed_step(
     for k, v in (extra or {}).items():
         feats.append((f"x:{k}:{v}", 1.0))
     return hash_features(feats)
+
+
+def app_tokens(name: str) -> list[tuple[str, float]]:
+    """Identity features of an app: its canonical id, character n-grams of every spelling
+    (CJK uni- and bi-grams, Latin trigrams of the normalized spelling) and its intent tags.
+
+    Any name works: one the catalogue does not know is featurized from its own spelling, so a
+    newly installed launchable app is a candidate from day one. Spellings of one app share the
+    id token, so "B站" and "bilibili" are the same app to the model."""
+    canonical = catalog.resolve(name) or name
+    feats: list[tuple[str, float]] = [(f"id:{catalog.normalize(canonical)}", 3.0)]
+    spellings = catalog.spellings(canonical)
+    share = 1.0 / len(spellings)
+    for spelling in spellings:
+        key = catalog.normalize(spelling)
+        grams = [f"c:{ch}" for run in _CJK.findall(key) for ch in run]
+        grams += [f"b:{run[i : i + 2]}" for run in _CJK.findall(key) for i in range(len(run) - 1)]
+        latin = "".join(_WORD.findall(key))
+        padded = f"^{latin}$" if latin else ""
+        grams += [f"t:{padded[i : i + 3]}" for i in range(max(len(padded) - 2, 0))]
+        feats += [(f"n:{g}", share) for g in grams]
+    feats += [(f"intent:{i}", 2.0) for i in catalog.intents_of(canonical)]
+    return feats
+
+
+@lru_cache(maxsize=4096)
+def embed_app(name: str) -> np.ndarray:
+    """The 128-d identity vector of an app (unit norm, read-only: cached), the app side of the
+    model's input."""
+    v = hash_features(app_tokens(name))
+    v.setflags(write=False)
+    return v
+
+
+def embed_apps(names: Iterable[str]) -> np.ndarray:
+    """``[len(names), 128]`` float32: :func:`embed_app` of each name, in order."""
+    rows = [embed_app(n) for n in names]
+    return np.stack(rows) if rows else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+
+
+def embed_episode(
+    instruction: str,
+    used_app: str | None,
+    outcome: str,
+    hour: int,
+    failed_apps: Iterable[str] = (),
+) -> np.ndarray:
+    """One finished task as the context sees it: what was asked, which app the user ended up
+    using (its identity vector, heavily weighted) and which apps failed to launch (their
+    identity vectors, *subtracted*: a failure counts against an app, never for it). How many
+    taps or swipes happened in the app does not enter: a task is one event.
+
+    Handed-over and failed tasks keep their instruction but name no used app: they say what
+    the user wanted, not which app they prefer."""
+    acc = _instruction(instruction).astype(np.float64)
+    acc += hash_features([(f"outcome:{outcome}", 1.0), (f"hour:{hour // 3}", 1.0)]) * 0.5
+    if used_app and outcome in ("accepted", "overridden"):
+        acc += 2.0 * embed_app(used_app)
+    for failed in failed_apps:
+        acc -= 1.0 * embed_app(failed)
+    norm = math.sqrt(float(acc @ acc))
+    return (acc / norm if norm > 0 else acc).astype(np.float32)
 
 
 def combine(vectors: Iterable[np.ndarray], weights: Iterable[float]) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Why here: the base is population-level and made from simulated users, so its training data is
 simulation, which only the composition root may import. The learner receives the finished
-:class:`~learner.base_bundle.BaseBundle`; devices receive its ONNX bytes.
+:class:`~learner.base_bundle.BaseBundle`; devices receive its ONNX bytes. Its rows are whole
+agent episodes as Open-AutoGLM produces them (:mod:`deploy.simulation.population`), read by
+the same feature code the device runs (:mod:`privacy.features`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from deploy.simulation.population import Population
 from learner.base_bundle import BaseBundle, base_model_bundle
-from learner.model import BASE_SEED, ModelConfig, PersonalizationNet, train_base
+from learner.model import BASE_SEED, MODEL_FORMAT, ModelConfig, PersonalizationNet, train_base
 from privacy.features import StepArrays
 
 
@@ -22,11 +24,11 @@ def base_population(seed: int = BASE_SEED) -> Population:
 
 def base_training_data(seed: int = BASE_SEED, rounds: int = 2) -> StepArrays:
     pop = base_population(seed)
-    return StepArrays.from_steps(
-        step
+    return StepArrays.from_rows(
+        row
         for device in pop.devices
         for r in range(rounds)
-        for step in pop.steps_for_round(device, r)
+        for row in pop.rows_for_round(device, r)
     )
 
 
@@ -38,7 +40,9 @@ def build_base_model(
 
 
 def models_dir(home: Path, seed: int = BASE_SEED) -> Path:
-    return Path(home) / "models" / f"base-{seed}"
+    """Where the deployment's base bundle lives; the model format is in the name, so a bundle
+    of an older architecture left in a home is never read as this one."""
+    return Path(home) / "models" / f"base-{seed}-f{MODEL_FORMAT}"
 
 
 def deployment_base(home: Path, seed: int = BASE_SEED) -> BaseBundle:

@@ -33,8 +33,8 @@ from learner.actions import AdapterAction
 from privacy import accountant
 from privacy.adapter_file import LoRAWeights
 from privacy.adapter_plan import AdapterPlan
-from privacy.contribution import LAYOUT_V1, ContributionLayout
-from privacy.features import StepArrays, hit_at_k
+from privacy.contribution import LAYOUT_V2, ContributionLayout
+from privacy.features import StepArrays
 from privacy.rand import SeededRandomness
 from privacy.round import client_input, plan_round, release
 from privacy.secagg.simulate import run_round
@@ -42,7 +42,10 @@ from privacy.wire import ReleasedAggregate
 
 
 class StepCache:
-    """Step arrays per (device, round), computed once: the simulator is pure, so caching is safe."""
+    """Row arrays per (device, round), computed once: the simulator is pure, so caching is safe.
+
+    A device's rows of a round are its finished tasks (:func:`privacy.features.rows_of`),
+    as the device computes them from the agent's steps."""
 
     def __init__(self, population: Population) -> None:
         self.population = population
@@ -53,18 +56,18 @@ class StepCache:
         key = (device_id, round_)
         if key not in self._train:
             dev = self._device(device_id)
-            self._train[key] = StepArrays.from_steps(self.population.steps_for_round(dev, round_))
+            self._train[key] = StepArrays.from_rows(self.population.rows_for_round(dev, round_))
         return self._train[key]
 
     def heldout(self, device_id: str, round_: int) -> StepArrays:
         key = (device_id, round_)
         if key not in self._held:
             dev = self._device(device_id)
-            self._held[key] = StepArrays.from_steps(self.population.heldout(dev, round_))
+            self._held[key] = StepArrays.from_episodes(self.population.heldout(dev, round_))
         return self._held[key]
 
     def _device(self, device_id: str):  # type: ignore[no-untyped-def]
-        return next(d for d in self.population.devices if d.device_id == device_id)
+        return self.population.device(device_id)
 
 
 def noise_multiplier_for(total_epsilon: float, rounds: int, delta: float) -> float:
@@ -93,7 +96,7 @@ class CohortFleet:
         noise_multiplier: float,
         delta: float = 1e-5,
         seed: int = 0,
-        layout: ContributionLayout = LAYOUT_V1,
+        layout: ContributionLayout = LAYOUT_V2,
         devices: Sequence[str] | None = None,
     ) -> None:
         self.cache = cache
@@ -190,5 +193,5 @@ class CohortFleet:
         return StepArrays.concat(self.cache.heldout(d, r) for d in self.device_ids for r in rounds)
 
     def hit1(self, data: StepArrays, weights: LoRAWeights | None) -> float:
-        h = self.trunk.features(data)
-        return hit_at_k(self.trunk.logits(h, weights), data.labels)
+        """hit@1 on the preference rows of ``data`` (each among its available apps)."""
+        return data.hits(self.trunk.logits(data, weights))

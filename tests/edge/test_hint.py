@@ -1,9 +1,10 @@
 """PreferenceHint over a real DeviceModel, and personalize() on a PhoneAgent-shaped agent.
 
 The adapter under test is built by hand, not fitted: its one LoRA direction is the base's
-hidden activation for navigation instructions (minus that of other intents), mapped onto
-百度地图 only. 百度地图 is *not* the population's favourite (高德地图 is), so when the hint
-names it, it is the signed adapter speaking, not the base model.
+hidden activation for navigation instructions (minus that of other intents), mapped onto the
+query direction that raises 百度地图 alone among the device's apps (through the fixed app
+tower). 百度地图 is *not* the population's favourite (高德地图 is), so when the hint names it,
+it is the signed adapter speaking, not the base model.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from edge_client.runtime import DeviceModel, Suggestion
 from edge_client.steps import AgentStep
 from learner.model import PersonalizationNet
 from learner.publish import ship_lora
+from privacy import catalog
 from privacy.adapter_file import LoRAWeights
-from privacy.catalog import candidate_index
 from privacy.embedding import embed_instruction
+from privacy.features import app_features
 from privacy.policy import RegionPolicy
 from privacy.wire import EMBEDDING_DIM
 
@@ -49,15 +51,21 @@ def _features(net: PersonalizationNet, instruction: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def navigation_lora(base_net: PersonalizationNet) -> LoRAWeights:
     """Rank-1 in effect: ``h @ A[:, 0]`` is ~1 for navigation requests and small otherwise,
-    and ``B[0]`` turns that into a logit boost for 百度地图 alone."""
+    and ``B[0]`` turns that into a logit boost for 百度地图 (a query direction whose product
+    with the cn apps' vectors is 1 for 百度地图 and about 0 for the others)."""
     cfg = base_net.config
     nav = np.mean([_features(base_net, i) for i in NAVIGATION], axis=0)
     other = np.mean([_features(base_net, i) for i in OTHER], axis=0)
     direction = nav - other
     a = np.zeros((cfg.hidden, cfg.rank), dtype=np.float32)
     a[:, 0] = direction / float(direction @ nav)
-    b = np.zeros((cfg.rank, cfg.num_candidates), dtype=np.float32)
-    b[0, candidate_index(f"launch:{PREFERRED}")] = 3.0
+    apps = catalog.apps_for_region("cn")
+    with torch.no_grad():
+        v = base_net.app_vectors(torch.from_numpy(app_features(apps))).numpy()
+    target = np.array([1.0 if app == PREFERRED else 0.0 for app in apps])
+    u = np.linalg.lstsq(v.astype(np.float64), target, rcond=None)[0]
+    b = np.zeros((cfg.rank, cfg.query_dim), dtype=np.float32)
+    b[0] = 3.0 * u
     return LoRAWeights(a, b)
 
 
@@ -86,7 +94,7 @@ def test_confident_adapter_chooses_its_app_and_the_hint_names_it(
     model: DeviceModel, navigation_lora: LoRAWeights, signing_key: Ed25519PrivateKey
 ) -> None:
     hint = PreferenceHint(model, lambda: ZERO_CONTEXT, lang="cn")
-    assert hint.choose_app("打开导航") is None  # the base alone is not sure (腾讯地图 0.38)
+    assert hint.choose_app("打开导航") is None  # the base alone is not sure (高德地图 ~0.55)
 
     install(model, navigation_lora, signing_key, version=1)
     assert hint.choose_app("打开导航") == PREFERRED
@@ -137,6 +145,17 @@ def test_an_app_named_in_the_task_is_never_second_guessed(
     assert hint.choose_app("用高德地图导航回家") is None
     assert hint.augment_task("用高德地图导航回家") == "用高德地图导航回家"
     assert named_apps("用高德地图导航回家") == ["高德地图"]
+    # any spelling in the alias table counts, Open-AutoGLM's own ones included
+    for task, app in [
+        ("打开bilibili", "bilibili"),
+        ("打开B站看猫咪视频", "bilibili"),
+        ("用哔哩哔哩导航去公司", "bilibili"),
+        ("用高德导航回家", "高德地图"),
+        ("navigate home with GoogleMaps", "Google Maps"),
+        ("用支付宝付款", "支付宝"),  # an app the agent cannot launch is still the user's choice
+    ]:
+        assert named_apps(task) == [app], task
+        assert hint.choose_app(task) is None, task
 
 
 # --- rendering, with a scripted model -------------------------------------------------------
@@ -157,10 +176,10 @@ class ScriptedModel:
 
 
 SCRIPT = [
-    Suggestion("launch:高德地图", 0.70),
-    Suggestion("launch:QQ音乐", 0.15),  # confident, but music after maps would be noise
-    Suggestion("launch:百度地图", 0.11),
-    Suggestion("launch:腾讯地图", 0.03),  # below min_alternative
+    Suggestion("高德地图", 0.70),
+    Suggestion("QQ音乐", 0.15),  # confident, but music after maps would be noise
+    Suggestion("百度地图", 0.11),
+    Suggestion("Osmand", 0.03),  # below min_alternative
 ]
 
 

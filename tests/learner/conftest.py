@@ -7,7 +7,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deploy.simulation.base_model import build_base_model
-from deploy.simulation.population import Drift, Population
+from deploy.simulation.population import OPTIONS, Drift, Population
 from learner.model import PersonalizationNet, export_onnx
 
 torch.set_num_threads(1)
@@ -30,10 +30,12 @@ def signing_key() -> Ed25519PrivateKey:
 
 @pytest.fixture(scope="session")
 def population() -> Population:
-    """An evaluation population disjoint from the base's training population."""
+    """An evaluation population disjoint from the base's training population; cn-c0 switches
+    its navigation app at round 3."""
+    shape = {"seed": 1, "cohorts_per_region": 2, "devices_per_cohort": 8}
+    before = Population(**shape).cohort_preference("cn-c0", "navigation", 0)  # type: ignore[arg-type]
+    new = next(a for a in OPTIONS["cn"]["navigation"] if a != before)
     return Population(
-        seed=1,
-        cohorts_per_region=2,
-        devices_per_cohort=8,
-        drift_rounds=[Drift(round=3, cohort="cn-c0", intent="navigation", new_app="百度地图")],
+        **shape,  # type: ignore[arg-type]
+        drift_rounds=[Drift(round=3, cohort="cn-c0", intent="navigation", new_app=new)],
     )

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deploy.simulation.cohort_channel import CohortFleet, StepCache
-from deploy.simulation.population import Drift, Population
+from deploy.simulation.population import OPTIONS, Drift, Population
 from edge_client.contribution import Trunk
 from edge_client.runtime import DeviceModel
 from learner.actions import AdapterAction
@@ -21,7 +21,7 @@ from privacy import accountant
 from privacy.adapter_file import LoRAWeights
 from privacy.adapter_manifest import AdapterRejected
 from privacy.adapter_plan import AdapterStatus
-from privacy.catalog import INTENT_APPS, candidate_id, candidate_index
+from privacy.catalog import APP_NAMES
 from privacy.features import StepArrays
 
 COHORT = "cn-c0"
@@ -40,12 +40,10 @@ def trunk(base_net: PersonalizationNet) -> Trunk:
 
 @pytest.fixture(scope="module")
 def cache() -> StepCache:
-    pop = Population(
-        seed=11,
-        cohorts_per_region=1,
-        devices_per_cohort=120,
-        drift_rounds=[Drift(DRIFT_ROUND, COHORT, "navigation", "腾讯地图")],
-    )
+    shape = {"seed": 11, "cohorts_per_region": 1, "devices_per_cohort": 120}
+    before = Population(**shape).cohort_preference(COHORT, "navigation", 0)  # type: ignore[arg-type]
+    new = next(a for a in OPTIONS["cn"]["navigation"] if a != before)
+    pop = Population(**shape, drift_rounds=[Drift(DRIFT_ROUND, COHORT, "navigation", new)])  # type: ignore[arg-type]
     return StepCache(pop)
 
 
@@ -60,7 +58,7 @@ def run(base_net: PersonalizationNet, trunk: Trunk, cache: StepCache) -> dict:
     fleet = CohortFleet(cache, COHORT, trunk, noise_multiplier=_z(EPSILON_ROUND), seed=1)
     learner = CohortLearner("cn", COHORT, base_net, LearnerConfig())
     releases, actions, states, nav_hits, oracle_hits = [], [], [], [], []
-    nav = [candidate_index(candidate_id(a)) for a in INTENT_APPS["navigation"]["cn"]]
+    nav = [APP_NAMES.index(a) for a in OPTIONS["cn"]["navigation"]]
     for r in range(ROUNDS):
         states.append(learner.to_state())
         rel = fleet.release(r, learner.plan())
@@ -69,8 +67,7 @@ def run(base_net: PersonalizationNet, trunk: Trunk, cache: StepCache) -> dict:
         releases.append(rel)
         actions.append(acts)
         held = fleet.heldout([r])
-        mask = np.isin(held.labels, nav)
-        nav_held = StepArrays(held.instruction[mask], held.context[mask], held.labels[mask])
+        nav_held = held.subset(np.isin(held.labels, nav))
         nav_hits.append(fleet.hit1(nav_held, fleet.adapters.get(learner.live_version)))
         if r >= DRIFT_ROUND:  # what central learning on the raw post-drift steps reaches
             raw = StepArrays.concat(
@@ -149,10 +146,12 @@ def _bad_candidate_run(
     fleet = CohortFleet(cache, COHORT, trunk, noise_multiplier=_z(1.0), seed=2)
     learner = CohortLearner("cn", COHORT, base_net)
     log: list[AdapterAction] = []
-    for r in range(3):  # get a live adapter first
+    r = 0
+    while learner.live_version < 1:  # get a live adapter first
+        assert r < 8, "no adapter went live"
         fleet.apply(acts := learner.learn_one(fleet.release(r, learner.plan())))
         log += acts
-    assert learner.live_version >= 1
+        r += 1
     live = learner.weights(learner.live_version)
     rng = np.random.default_rng(5)
     weights = (
@@ -164,13 +163,14 @@ def _bad_candidate_run(
         learner.candidate_version is not None
         and learner.status(learner.candidate_version) == S.CANARY
     ):
-        fleet.apply(acts := learner.learn_one(fleet.release(3, learner.plan())))
+        fleet.apply(acts := learner.learn_one(fleet.release(r, learner.plan())))
         log += acts
+        r += 1
     injected = learner._next_version
     fleet.apply(acts := learner.propose(weights, reason=f"{bad} (test)"))
     log += acts
-    for r in range(4, 8):
-        fleet.apply(acts := learner.learn_one(fleet.release(r, learner.plan())))
+    for q in range(r, r + 4):
+        fleet.apply(acts := learner.learn_one(fleet.release(q, learner.plan())))
         log += acts
     return [a for a in log if a.version == injected]
 
@@ -226,7 +226,7 @@ def test_forced_regression_rolls_every_device_back_within_one_round(
     signing_key: Ed25519PrivateKey,
 ) -> None:
     ids = [d.device_id for d in cache.population.devices_in(COHORT)][:60]
-    fleet = CohortFleet(cache, COHORT, trunk, noise_multiplier=_z(2.0), seed=3, devices=ids)
+    fleet = CohortFleet(cache, COHORT, trunk, noise_multiplier=_z(4.0), seed=3, devices=ids)
     devices = [
         DeviceModel(base_onnx, signing_key.public_key(), "cn", COHORT, device_id=i) for i in ids
     ]

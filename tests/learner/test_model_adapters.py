@@ -21,8 +21,8 @@ from privacy.graph_io import LORA_A, LORA_B
 
 @pytest.fixture(scope="module")
 def sample(population: Population) -> StepArrays:
-    return StepArrays.from_steps(
-        s for d in population.devices[::4] for s in population.steps_for_round(d, 0)
+    return StepArrays.from_rows(
+        r for d in population.devices[::4] for r in population.rows_for_round(d, 0)
     )
 
 
@@ -31,7 +31,7 @@ def _random_lora(net: PersonalizationNet, seed: int) -> LoRAWeights:
     cfg = net.config
     return LoRAWeights(
         rng.normal(0, 0.3, (cfg.hidden, cfg.rank)),
-        rng.normal(0, 0.3, (cfg.rank, cfg.num_candidates)),
+        rng.normal(0, 0.3, (cfg.rank, cfg.query_dim)),
     )
 
 
@@ -53,7 +53,7 @@ def test_zero_adapter_equals_torch_base(
 ) -> None:
     cfg = base_net.config
     expected = base_net.logits(sample)
-    zero = zero_adapter(cfg.hidden, cfg.rank, cfg.num_candidates)
+    zero = zero_adapter(cfg.hidden, cfg.rank, cfg.query_dim)
     np.testing.assert_allclose(onnx_scores(base_onnx, sample, zero), expected, atol=1e-5)
     np.testing.assert_allclose(onnx_scores(base_onnx, sample), expected, atol=1e-5)
 
@@ -67,15 +67,41 @@ def test_known_lora_delta_changes_ort_exactly_as_torch(
     np.testing.assert_allclose(got, base_net.logits(sample, lora), atol=1e-4)
     # ...and the delta is real: the top candidates move.
     assert (got.argmax(1) != base_net.logits(sample).argmax(1)).any()
-    # The delta equals scale * h @ A @ B computed independently in numpy.
+    # The delta equals (scale * h @ A @ B) @ V^T computed independently in numpy: a query-side
+    # delta read through the fixed app tower.
     import torch
 
     with torch.no_grad():
         h = base_net.features(
             torch.from_numpy(sample.instruction), torch.from_numpy(sample.context)
         ).numpy()
-    delta = base_net.config.scale * h @ lora.delta()
+        v = base_net.app_vectors(torch.from_numpy(sample.app_features())).numpy()
+    delta = base_net.config.scale * h @ lora.delta() @ v.T
     np.testing.assert_allclose(got - base_net.logits(sample), delta, atol=1e-4)
+
+
+def test_the_graph_scores_any_set_of_apps(base_net: PersonalizationNet, base_onnx: bytes) -> None:
+    """The app side is an input: any apps, any number, any order; an app the catalogue does
+    not know is scored by its name alone, and reordering the apps reorders the scores."""
+    from dataclasses import replace
+
+    from privacy import catalog
+
+    pop = Population(seed=3, cohorts_per_region=1, devices_per_cohort=1)
+    rows = pop.rows_for_round(pop.devices[0], 0)
+    few = StepArrays.from_rows(rows, apps=("高德地图", "百度地图", "MyNewMaps"))
+    assert len(few) <= len(rows)
+    full = StepArrays.from_rows(rows)
+    three = replace(
+        full, apps=("高德地图", "百度地图", "MyNewMaps"), available=full.available[:, :3]
+    )
+    got = onnx_scores(base_onnx, three)
+    assert got.shape == (len(full), 3)
+    np.testing.assert_allclose(got, base_net.logits(three), atol=1e-5)
+    flipped = replace(three, apps=three.apps[::-1])
+    np.testing.assert_allclose(onnx_scores(base_onnx, flipped), got[:, ::-1], atol=1e-5)
+    everything = onnx_scores(base_onnx, full)
+    assert everything.shape == (len(full), catalog.NUM_APPS)
 
 
 def test_adapter_bytes_round_trip_and_size(base_net: PersonalizationNet) -> None:
@@ -86,8 +112,8 @@ def test_adapter_bytes_round_trip_and_size(base_net: PersonalizationNet) -> None
     np.testing.assert_array_equal(back.weights.A, lora.A)
     np.testing.assert_array_equal(back.weights.B, lora.B)
     cfg = base_net.config
-    raw = 4 * (cfg.hidden * cfg.rank + cfg.rank * cfg.num_candidates)
-    assert raw <= len(blob) < raw + 512  # a few KB: cheap to ship often
+    raw = 4 * (cfg.hidden * cfg.rank + cfg.rank * cfg.query_dim)
+    assert raw <= len(blob) < raw + 512  # a few KB: cheap to ship often, whatever the apps
 
 
 def test_garbage_is_not_an_adapter() -> None:

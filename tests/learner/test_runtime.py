@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_client.runtime import DeviceModel, in_canary
 from learner.model import PersonalizationNet
 from learner.publish import ship_lora
+from privacy import catalog
 from privacy.adapter_file import LoRAWeights
 from privacy.adapter_manifest import (
     AdapterRejected,
@@ -22,20 +23,20 @@ from privacy.adapter_manifest import (
     make_manifest,
     sign_artifact,
 )
-from privacy.embedding import combine, embed_step
-from privacy.errors import LocalProtocolError, SottoError
+from privacy.embedding import combine, embed_episode
+from privacy.errors import ConfigError, LocalProtocolError, SottoError
 
 REGION, COHORT = "cn", "cn-c0"
 T0 = datetime(2025, 1, 6, tzinfo=UTC)
 INSTRUCTION = "导航去机场"
-CONTEXT = combine([embed_step("导航去公司", "launch", "百度地图", "overridden", 8)], [1.0])
+CONTEXT = combine([embed_episode("导航去公司", "百度地图", "overridden", 8)], [1.0])
 
 
 def lora(net: PersonalizationNet, seed: int) -> LoRAWeights:
     rng = np.random.default_rng(seed)
     c = net.config
     return LoRAWeights(
-        rng.normal(0, 0.5, (c.hidden, c.rank)), rng.normal(0, 0.5, (c.rank, c.num_candidates))
+        rng.normal(0, 0.5, (c.hidden, c.rank)), rng.normal(0, 0.5, (c.rank, c.query_dim))
     )
 
 
@@ -72,12 +73,28 @@ def rejected(reason: AdapterRejectReason) -> Iterator[None]:
     assert isinstance(info.value, SottoError)
 
 
-def test_suggest_ranks_the_catalogue(device: DeviceModel) -> None:
+def test_suggest_ranks_launchable_apps(device: DeviceModel) -> None:
     out = device.suggest(INSTRUCTION, CONTEXT, k=3)
     assert len(out) == 3
     assert out[0].score >= out[1].score >= out[2].score
-    assert all(s.candidate.startswith("launch:") for s in out)
+    assert all(catalog.is_launchable(s.app) for s in out)
+    assert out[0].candidate == f"launch:{out[0].app}"
     assert device.live_version == 0
+    assert set(device.apps) == set(catalog.apps_for_region(REGION))
+    assert scores(device).shape == (len(device.apps),)
+
+
+def test_candidates_are_open_and_normalized(device: DeviceModel) -> None:
+    """Any launchable app can be a candidate (the phone's installed apps); spellings become
+    the catalogue's launchable name, apps Open-AutoGLM cannot launch are dropped."""
+    apps = ["百度地图", "高德", "B站", "支付宝", "MyCityMaps"]
+    out = device.suggest(INSTRUCTION, CONTEXT, k=10, apps=apps)
+    assert {s.app for s in out} == {"百度地图", "高德地图", "bilibili", "MyCityMaps"}
+    assert sum(s.score for s in out) == pytest.approx(1.0, abs=1e-5)
+    device.set_apps(apps)
+    assert device.apps == ("百度地图", "高德地图", "bilibili", "MyCityMaps")
+    with pytest.raises(ConfigError):
+        device.set_apps(["支付宝"])
 
 
 def test_hot_swap_and_local_rollback_restore_outputs(device: DeviceModel, ship) -> None:
@@ -182,7 +199,7 @@ def test_signed_adapter_of_wrong_shape_is_rejected(
     from learner.model import model_sha256
 
     c = base_net.config
-    wrong = LoRAWeights.zeros(c.hidden, c.rank + 1, c.num_candidates)
+    wrong = LoRAWeights.zeros(c.hidden, c.rank + 1, c.query_dim)
     signed = ship_lora(
         wrong,
         base_model_sha256=model_sha256(base_onnx),
@@ -242,14 +259,14 @@ def test_offer_respects_rollout(base_onnx: bytes, signing_key, ship) -> None:
 
 def test_shadow_eval_scores_candidate_beside_live(device: DeviceModel, ship) -> None:
     with pytest.raises(LocalProtocolError):
-        device.shadow_eval(INSTRUCTION, CONTEXT, "launch:百度地图")
+        device.shadow_eval(INSTRUCTION, CONTEXT, "百度地图")
     before = device.suggest(INSTRUCTION, CONTEXT)
     device.stage(ship(1))
     assert device.suggest(INSTRUCTION, CONTEXT) == before  # staging changes nothing shown
-    live_top = before[0].candidate
+    live_top = before[0].app
     res = device.shadow_eval(INSTRUCTION, CONTEXT, live_top)
     assert (res.live_version, res.candidate_version, res.live_hit) == (0, 1, True)
-    res_k = device.shadow_eval(INSTRUCTION, CONTEXT, live_top, k=45)
+    res_k = device.shadow_eval(INSTRUCTION, CONTEXT, live_top, k=len(device.apps))
     assert res_k.candidate_hit
     device.promote()
     assert device.live_version == 1 and device.candidate_version is None

@@ -28,10 +28,9 @@ from learner.actions import AdapterAction
 from learner.adapter_topic import partition_for
 from learner.model import ModelConfig
 from privacy.adapter_plan import AdapterPlan, AdapterStatus
-from privacy.catalog import NUM_CANDIDATES
 from privacy.wire import ReleasedAggregate
 
-HIDDEN, RANK = ModelConfig().hidden, ModelConfig().rank
+HIDDEN, RANK, QUERY = ModelConfig().hidden, ModelConfig().rank, ModelConfig().query_dim
 DIM = 8
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -62,7 +61,7 @@ class CountingLearner:
     def _lora(self, seed: int) -> tuple[list[list[float]], list[list[float]]]:
         rng = np.random.default_rng(seed)
         a = rng.normal(0, 0.1, (HIDDEN, RANK)).astype(np.float32)
-        b = rng.normal(0, 0.1, (RANK, NUM_CANDIDATES)).astype(np.float32)
+        b = rng.normal(0, 0.1, (RANK, QUERY)).astype(np.float32)
         return a.tolist(), b.tolist()
 
     def _act(self, kind: str, version: int, status: AdapterStatus, **kw: object) -> AdapterAction:

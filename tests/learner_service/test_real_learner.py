@@ -38,7 +38,7 @@ def _closed_loop(settings: SottoSettings) -> tuple[CohortLearner, list[ReleasedA
         Population(seed=11, regions=("eu",), cohorts_per_region=1, devices_per_cohort=120)
     )
     fleet = CohortFleet(
-        cache, COHORT, Trunk.from_net(net), noise_multiplier=accountant.calibrate(1.0, 1e-5), seed=1
+        cache, COHORT, Trunk.from_net(net), noise_multiplier=accountant.calibrate(2.0, 1e-5), seed=1
     )
     local = CohortLearner("eu", COHORT, net)
     releases, actions = [], []
