@@ -21,10 +21,13 @@ refused        -1      an accepted launch the user then overrode in the same tas
 ``handed_over`` and every other action teach it nothing. Each piece of evidence decays with
 its age, ``0.5 ** (age / half_life)``, and only the newest ``max_events`` are kept, so the
 memory follows the user's habits as they change. An app's score for an intent is its
-decayed positive evidence over all the positive evidence of that intent, plus its own
-negative evidence, plus a small prior: ``p_a / (sum_b p_b + n_a + prior)``, in [0, 1). One
-fresh acceptance scores 0.8, two apps used equally often share the mass, and an app that
-only ever failed scores 0.
+habit, its decayed positive evidence over all the positive evidence of that intent, plus its
+own negative evidence, plus a small prior, ``h_a = p_a / (sum_b p_b + n_a + prior)``, blended
+with the user's latest choice: ``0.4 * h_a + 0.6 * d * [a is the app of the newest positive
+evidence, not failed since]``, ``d`` that evidence's decay. Why the latest choice leads: a user who switches from 百度地图
+to 高德地图 expects the next task to follow the switch, not weeks of old habit; one run
+switches the hint, the habit share says how settled it is. One fresh acceptance scores 0.92,
+and an app that only ever failed scores 0.
 
 What is stored: the timestamp, the intent, the app and the kind of evidence. Never the task
 text (it is used, in memory, only to pair an override with the launch it overrides).
@@ -40,7 +43,7 @@ as keyed tags) and keeps evidence for ``retention.memory`` (90 days by default).
 >>> memory.learn_one(AgentStep(action="Launch", app="高德地图", instruction="打开导航去公司",
 ...                            outcome="accepted", timestamp=t))
 >>> memory.scores("导航回家", t)
-{'高德地图': 0.8}
+{'高德地图': 0.92}
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ class Evidence(NamedTuple):
     app: str
     kind: str
     weight: float
+
+
+LATEST_WEIGHT = 0.6  # share of a score that goes to the user's most recent choice
 
 
 def canonical_app(name: str) -> str:
@@ -372,16 +378,24 @@ class PersonalMemory:
     def _scores(self, intent: str, now: datetime) -> dict[str, float]:
         pos: dict[str, float] = {}
         neg: dict[str, float] = {}
-        for e in self._store.rows(intent, until=now):
-            w = e.weight * self._decay(e.timestamp, now)
+        # the app of the newest positive evidence (unless it failed since), and its decay
+        latest: tuple[str, float] | None = None
+        for e in sorted(self._store.rows(intent, until=now), key=lambda e: (e.timestamp, e.id)):
+            decay = self._decay(e.timestamp, now)
+            w = e.weight * decay
             pos.setdefault(e.app, 0.0)
             neg.setdefault(e.app, 0.0)
             if w > 0:
                 pos[e.app] += w
+                latest = (e.app, decay)
             else:
                 neg[e.app] -= w
+                latest = None if latest is not None and latest[0] == e.app else latest
         total = sum(pos.values())
-        out = {app: pos[app] / (total + neg[app] + self.prior) for app in pos}
+        habit = {app: pos[app] / (total + neg[app] + self.prior) for app in pos}
+        out = {app: (1 - LATEST_WEIGHT) * h for app, h in habit.items()}
+        if latest is not None:  # the user's latest choice leads: one run switches the hint
+            out[latest[0]] += LATEST_WEIGHT * latest[1]
         return {app: round(score, 6) for app, score in sorted(out.items(), key=lambda kv: -kv[1])}
 
     def _decay(self, timestamp: datetime, now: datetime) -> float:

@@ -94,10 +94,10 @@ def test_show_describe_export(controls: DeviceControls) -> None:
     controls.record_step(step(action="Type", text="公司", current_app="高德地图"))
     shown = controls.show()
     assert shown["steps"]["count"] == 3 and shown["steps"]["by_app"] == {"高德地图": 3}
-    assert shown["preferences"] == {"navigation": {"高德地图": pytest.approx(0.8, abs=1e-3)}}
+    assert shown["preferences"] == {"navigation": {"高德地图": pytest.approx(0.92, abs=1e-3)}}
     assert shown["adapters"] is None and shown["outbox"] is None
     text = controls.describe()
-    assert "3 agent steps" in text and "navigation: 高德地图 0.80" in text
+    assert "3 agent steps" in text and "navigation: 高德地图 0.92" in text
     assert "never recorded: 支付宝" in text and "hint to the agent: on" in text
     doc = controls.export()
     raw = json.dumps(doc, ensure_ascii=False)

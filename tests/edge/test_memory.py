@@ -46,7 +46,7 @@ def test_intent_of(text: str, intent: str | None) -> None:
 def test_one_accepted_launch_is_a_preference_for_the_whole_intent() -> None:
     with PersonalMemory(":memory:") as memory:
         memory.learn_one(launch("高德地图", task="打开导航去公司"))
-        assert memory.scores("导航回家", T0) == {"高德地图": 0.8}
+        assert memory.scores("导航回家", T0) == {"高德地图": pytest.approx(0.92, abs=1e-3)}
         assert memory.scores("播放音乐", T0) == {}  # another intent
         assert memory.scores("你好", T0) == {}  # no intent at all
 
@@ -67,15 +67,34 @@ def test_what_teaches_what() -> None:
         scores = memory.scores("打开导航", T0)
         assert next(iter(scores)) == "百度地图"  # best first
         # the launch the user refused is a negative now
-        assert scores == {"百度地图": pytest.approx(2 / 2.25), "高德地图": 0.0, "腾讯地图": 0.0}
+        # its habit share 2 / 2.25, and it is the latest choice
+        assert scores == {
+            "百度地图": pytest.approx(0.6 + 0.4 * 2 / 2.25),
+            "高德地图": 0.0,
+            "腾讯地图": 0.0,
+        }
         assert [e.kind for e in memory.evidence()] == ["failed", "refused", "overridden"]
+
+
+def test_one_run_switches_an_old_habit() -> None:
+    """Weeks of 百度地图, then one accepted run with 高德地图: the next hint follows the switch."""
+    with PersonalMemory(":memory:") as memory:
+        for day in range(10):
+            memory.learn_one(launch("百度地图", at=T0 + timedelta(days=day)))
+        switched = T0 + timedelta(days=10)
+        assert next(iter(memory.scores("导航回家", switched))) == "百度地图"
+        memory.learn_one(launch("高德地图", at=switched))
+        scores = memory.scores("导航回家", switched + timedelta(minutes=5))
+        assert next(iter(scores)) == "高德地图" and scores["高德地图"] >= 0.6  # clears min_score
 
 
 def test_evidence_decays_and_is_bounded() -> None:
     with PersonalMemory(":memory:", half_life=timedelta(days=14), max_events=3) as memory:
         memory.learn_one(launch("高德地图"))
         two_weeks = T0 + timedelta(days=14)
-        assert memory.scores("打开导航", two_weeks) == {"高德地图": pytest.approx(0.5 / 0.75)}
+        assert memory.scores("打开导航", two_weeks) == {
+            "高德地图": pytest.approx(0.6 * 0.5 + 0.4 * 0.5 / 0.75)  # the latest choice decays too
+        }
         assert memory.scores("打开导航", T0 - timedelta(seconds=1)) == {}  # not yet learned
         for i in range(5):
             memory.learn_one(launch("百度地图", at=T0 + timedelta(hours=i + 1)))
@@ -132,7 +151,7 @@ def test_memory_wins_when_it_has_evidence_and_the_model_fills_in() -> None:
         memory.learn_one(launch("百度地图"))
         assert hint.choose_app("导航回家") == "百度地图"  # one accepted run is enough
         assert hint.text("导航回家").startswith(
-            "用户偏好（设备端学习）：此类请求通常使用 百度地图（0.80）"
+            "用户偏好（设备端学习）：此类请求通常使用 百度地图（0.92）"
         )
         assert hint.choose_app("用高德地图导航") is None  # the user named an app
 

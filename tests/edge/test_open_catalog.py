@@ -5,7 +5,6 @@ suggests is always launchable, whatever the instruction, context or adapter."""
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,10 +13,7 @@ import pytest
 from edge_client.runtime import DeviceModel, candidate_apps
 from privacy import catalog
 from privacy.embedding import combine, embed_app, embed_episode
-
-VENDOR = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "vendor" / "open-autoglm"
-).resolve()
+from tests.vendor import VENDOR
 
 
 @pytest.fixture(scope="module")
