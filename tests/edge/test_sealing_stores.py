@@ -46,7 +46,7 @@ def test_a_stolen_memory_reads_as_noise(tmp_path: Path) -> None:
     with PersonalMemory(tmp_path / "memory.db") as memory:
         memory.learn_one(launch("高德地图"))
         memory.learn_one(launch("Spotify", task="play some jazz"))
-        assert memory.scores("导航回家", T0) == {"高德地图": 0.8}
+        assert memory.scores("导航回家", T0) == {"高德地图": 0.92}
         blob = raw_bytes(tmp_path, "memory.db")
     blob += raw_bytes(tmp_path, "memory.db")
     for secret in ("高德地图", "Spotify", "navigation", "music", "accepted"):
