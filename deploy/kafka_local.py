@@ -86,6 +86,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding, never starting
+    with "-" (as Kafka's own ``Uuid.randomUuid``): one in 64 did, and the storage tool's
+    argument parser read it as a flag ("--cluster-id expected one argument").
+
+    >>> all(not new_cluster_id().startswith("-") for _ in range(1000))
+    True
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 @dataclass
 class LocalKafka:
     """One broker+controller. ``port`` is the client port; the controller takes ``port + 1``
@@ -164,7 +178,7 @@ class LocalKafka:
     def _format(self, props: Path) -> None:
         if (self.data_dir / "logs" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         result = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
             capture_output=True,
