@@ -43,13 +43,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
 
 from privacy import catalog
-from privacy.embedding import combine, embed_app, embed_episode, embed_instruction
+from privacy.embedding import combine, embed_app, embed_episode, instruction_vector
 from privacy.wire import EMBEDDING_DIM
 
 OUTCOMES: tuple[str, ...] = ("accepted", "overridden", "failed", "handed_over")
@@ -61,16 +61,9 @@ CONTEXT_RECENCY = 0.85  # weight per task of age (newest 1.0)
 CONTEXT_HALF_LIFE = timedelta(days=3)  # and per unit of time
 
 
-@lru_cache(maxsize=8192)
-def _instruction_vector(text: str) -> np.ndarray:
-    v = embed_instruction(text)
-    v.setflags(write=False)
-    return v
-
-
 def instruction_features(text: str) -> np.ndarray:
-    """The 128-d instruction embedding (cached, read-only)."""
-    return _instruction_vector(text)
+    """The 128-d instruction embedding (cached, read-only): the model's instruction input."""
+    return instruction_vector(text)
 
 
 def app_features(names: Sequence[str]) -> np.ndarray:

@@ -84,6 +84,17 @@ def test_suggest_ranks_launchable_apps(device: DeviceModel) -> None:
     assert scores(device).shape == (len(device.apps),)
 
 
+def test_suggest_scores_are_the_softmax_of_the_live_model(device: DeviceModel, ship) -> None:
+    """``suggest`` normalizes only what it returns; the top k and their probabilities must
+    still be exactly those of the full softmax (``scores``), with an adapter live."""
+    device.install(ship(1, seed=3))
+    full = scores(device)
+    order = np.argsort(-full, kind="stable")[:5]
+    out = device.suggest(INSTRUCTION, CONTEXT, k=5)
+    assert [s.app for s in out] == [device.apps[i] for i in order]
+    assert np.allclose([s.score for s in out], full[order], rtol=1e-6, atol=0)
+
+
 def test_candidates_are_open_and_normalized(device: DeviceModel) -> None:
     """Any launchable app can be a candidate (the phone's installed apps); spellings become
     the catalogue's launchable name, apps Open-AutoGLM cannot launch are dropped."""
