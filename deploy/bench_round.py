@@ -94,13 +94,31 @@ def _broker_pid(tmp: Path) -> int | None:
         return None
 
 
-def _in_memory(params: Any, plan: Any, n: int, dropped: set[int], drop_stage: str) -> dict:
+class _PerDevice:
+    """A credential verifier with nothing cached between calls: what each device's own
+    verifier costs. ``run_round`` hands one verifier to every client and the server, and a
+    shared cache would let clients skip the checks the server already made; in the broker
+    round every device judges its neighbours' credentials itself."""
+
+    def __init__(self, trust: Any) -> None:
+        self._trust = trust
+
+    def public_key(self, credential: Any) -> Any:
+        return self._trust.at(self._trust.valid_at).public_key(credential)
+
+
+def _in_memory(
+    params: Any, plan: Any, n: int, dropped: set[int], drop_stage: str, *, own_verifier: bool
+) -> dict:
     """The same round in memory: every client and the server in this process, serially."""
+    from privacy.credential import CredentialIssuer, IssuerVerifier
     from privacy.rand import SystemRandomness
     from privacy.round import client_input
     from privacy.secagg.simulate import RoundCost, run_round
 
     rng = SystemRandomness()
+    issuer = CredentialIssuer.generate("sim", "bench-issuer", rng)
+    trust = IssuerVerifier(issuer.region, {issuer.key_id: issuer.public_key}, valid_at=0)
     data = np.random.default_rng(7)  # public synthetic data
     t0 = time.perf_counter()
     inputs = {
@@ -110,7 +128,15 @@ def _in_memory(params: Any, plan: Any, n: int, dropped: set[int], drop_stage: st
     prep_s = time.perf_counter() - t0
     stats = RoundCost()
     t1 = time.perf_counter()
-    result = run_round(params, inputs, drop={drop_stage: dropped}, rng=rng, stats=stats)
+    result = run_round(
+        params,
+        inputs,
+        drop={drop_stage: dropped},
+        rng=rng,
+        stats=stats,
+        issuer=issuer,
+        verifier=_PerDevice(trust) if own_verifier else trust,
+    )
     round_s = time.perf_counter() - t1
     from privacy import quantize
 
@@ -286,6 +312,7 @@ def _run(
                     control,
                     results,
                     timeout_s,
+                    None if profile is None else str(profile),
                 ),
                 daemon=True,
             )
@@ -338,8 +365,10 @@ def _run(
         console.log("the same round in memory")
         cids = {dev: c for r in reports for dev, c in r["cids"].items()}
         gone_cids = {cids[dev] for dev in gone if dev in cids}
-        mem = _in_memory(p, announce.plan(), n, gone_cids, drop_stage)
+        mem = _in_memory(p, announce.plan(), n, gone_cids, drop_stage, own_verifier=True)
         out.update(mem)
+        shared = _in_memory(p, announce.plan(), n, gone_cids, drop_stage, own_verifier=False)
+        out["protocol_compute_shared_verifier_s"] = shared["protocol_compute_s"]
         out["wall_over_compute"] = round(out["wall_s"] / mem["protocol_compute_s"], 2)
     else:
         out["protocol_compute_s"] = out["wall_over_compute"] = None
@@ -368,15 +397,31 @@ def _drive(
     profiler = cProfile.Profile() if profile else None
     cpu0 = time.process_time()
     sent: dict[str, int] = {}
+    first: dict[str, float] = {}  # payload type -> when devices sent the first / last one
+    last: dict[str, float] = {}
+    publishes: list[tuple[float, float]] = []  # (start, end) of each publish that sent rows
+    coordinator = svc.coordinator
+    publish = coordinator.publish
+
+    def timed_publish() -> int:
+        """The coordinator's publish, timed: a stage closes in the transaction just before
+        the publish that sends its messages, so that publish's start is the stage's end."""
+        t = time.perf_counter()
+        sent_rows = publish()
+        if sent_rows:
+            publishes.append((t, time.perf_counter()))
+        return sent_rows
+
+    coordinator.publish = timed_publish  # type: ignore[method-assign]
     t0 = time.perf_counter()
     if profiler:
         profiler.enable()
-    res = svc.coordinator.open_round("c1", spec, now=clock())
+    epoch = time.time() - time.perf_counter()  # perf_counter time of a time.time() stamp
+    res = coordinator.open_round("c1", spec, now=clock())
     if res.status != "open":
         raise RuntimeError(f"round refused: {res.reason}")
-    t_open = time.perf_counter()
-    stage, since = "advertise", t_open
-    stage_wall: dict[str, float] = {}
+    stage, since = "advertise", publishes[-1][0]
+    timeline: dict[str, dict[str, float]] = {}
     skipped = 0.0
     deadline = time.monotonic() + timeout_s
     status = None
@@ -384,20 +429,29 @@ def _drive(
         svc.step(20)
         with contextlib.suppress(queue.Empty):
             while True:
-                kind, _pid, body = results.get_nowait()
+                kind, ts, body = results.get_nowait()
                 if kind == "sent":
+                    t = ts - epoch  # the device process's clock: same machine
                     for typ, cnt in body.items():
                         sent[typ] = sent.get(typ, 0) + cnt
+                        first.setdefault(typ, t)
+                        last[typ] = t
                 elif kind == "done":
-                    results.put((kind, _pid, body))  # for _collect
+                    results.put((kind, ts, body))  # for _collect
                     break
-        status = svc.coordinator.status(res.round_id)
+        status = coordinator.status(res.round_id)
         now_stage = _stage_of(status)
         if now_stage != stage:
-            t = time.perf_counter()
-            stage_wall[stage] = round(t - since, 3)
-            console.log(f"{stage} closed after {t - since:.2f} s")
-            stage, since = now_stage, t
+            closed, published = publishes[-1]
+            typ = STAGE_TYPE[stage]
+            timeline[stage] = {
+                "first_answer_s": round(first.get(typ, closed) - since, 3),
+                "last_answer_s": round(last.get(typ, closed) - since, 3),
+                "closed_s": round(closed - since, 3),
+                "publish_s": round(published - closed, 3),
+            }
+            console.log(f"{stage} closed after {closed - since:.2f} s")
+            stage, since = now_stage, closed
             if stage is None:
                 break
             continue
@@ -410,7 +464,8 @@ def _drive(
         ):
             clock.offset += spec.grace_s  # every live device answered: the grace is moot
             skipped += spec.grace_s
-    wall = time.perf_counter() - t0
+    coordinator.publish = publish  # type: ignore[method-assign]
+    wall = publishes[-1][0] - t0  # the release committed; the publish after it is not work
     if profiler:
         profiler.disable()
         profiler.dump_stats(str(profile))
@@ -426,8 +481,9 @@ def _drive(
         "round_id": res.round_id,
         "status": status,
         "wall_s": round(wall, 3),
-        "open_s": round(t_open - t0, 3),
-        "stage_wall_s": stage_wall,
+        "open_s": round(publishes[0][0] - t0, 3),
+        "stage_wall_s": {k: v["closed_s"] for k, v in timeline.items()},
+        "stage_timeline_s": timeline,
         "grace_skipped_s": skipped,
         "_announce": RoundOpen.model_validate_json(text),
         "_cpu": {"coordinator": time.process_time() - cpu0},

@@ -18,6 +18,7 @@ sent a masked input.
 from __future__ import annotations
 
 import contextlib
+import cProfile
 import logging
 import os
 import re
@@ -35,6 +36,8 @@ from edge_client.round_client import OutboxTransport
 from privacy.envelope import seal
 from privacy.round_wire import RoundClosed, RoundOpen, parse_rounds_message
 from privacy.wire import Frozen
+
+FLUSH_EVERY = 32  # replies a process batches before it sends them
 
 # The addressee of a server message, read without parsing the whole record: a process skips
 # the (many, large) records addressed to other processes' devices. A record without it is
@@ -58,6 +61,9 @@ class Meter:
     parse_s: float = 0.0
     handle_s: float = 0.0
     flush_s: float = 0.0
+    unflushed: int = 0
+    reported: Counter[str] = field(default_factory=Counter)
+    report: Any = None  # called with the payload counts sent since the last report
 
 
 class MeteredTransport(OutboxTransport):
@@ -76,10 +82,25 @@ class MeteredTransport(OutboxTransport):
         raw = seal(payload, key=key, cohort=cohort, round=round).to_bytes()
         self.outbox.put(raw, self.home.t.ingest, cohort.encode(), dedupe_key=dedupe_key)
         kind = str(getattr(payload, "type", ""))
-        self.meter.up[self.device] += len(raw)
-        self.meter.sent_types[kind] += 1
+        m = self.meter
+        m.up[self.device] += len(raw)
+        m.unflushed += 1
+        if m.unflushed >= FLUSH_EVERY:  # a process answers hundreds of devices per record
+            self.flush()  # batch: the first answers reach the coordinator while it works
+        m.sent_types[kind] += 1
         if kind == "masked_input":
-            self.meter.masked_senders.add(self.device)
+            m.masked_senders.add(self.device)
+
+    def flush(self) -> int:
+        t0 = time.process_time()
+        sent = super().flush()
+        m = self.meter
+        m.flush_s += time.process_time() - t0
+        m.unflushed = 0
+        if m.report is not None:
+            m.report(dict(m.sent_types - m.reported))
+            m.reported = Counter(m.sent_types)
+        return sent
 
 
 class MeteredFleet(DeviceFleet):
@@ -108,10 +129,8 @@ class MeteredFleet(DeviceFleet):
                 m.records += 1
                 m.records_bytes += len(rec.value)
                 replies += self._record(rec.value, rec.offset)
-        if replies:
-            t1 = tick()
-            self._producer.flush_outbox()
-            m.flush_s += tick() - t1
+        if replies and m.unflushed:
+            next(iter(self.participants.values())).transport.flush()
         return replies
 
     def _record(self, value: bytes, offset: int) -> int:
@@ -159,9 +178,11 @@ def run_devices(
     control: Any,
     results: Any,
     timeout_s: float,
+    profile: str | None = None,
 ) -> None:
     """The body of one device process: enroll and check in, say ready, answer until the round
-    closes (or ``control`` says stop), then put one result dict on ``results``."""
+    closes (or ``control`` says stop), then put one result dict on ``results``. With
+    ``profile``, the answering loop's cProfile goes to ``<profile>.devices-<pid>``."""
     from deploy.settings import SottoSettings
 
     logging.basicConfig(level=logging.WARNING)
@@ -184,16 +205,20 @@ def run_devices(
         fleet.start()
         tokens = fleet.checkin()
         results.put(("ready", os.getpid(), len(tokens)))
+        profiler = cProfile.Profile() if profile else None
+        if profiler:
+            profiler.enable()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         deadline = time.monotonic() + timeout_s
-        sent_before = Counter(fleet.meter.sent_types)
+        fleet.meter.reported = Counter(fleet.meter.sent_types)  # the check-ins
+        fleet.meter.report = lambda counts: results.put(("sent", time.time(), counts))
         while time.monotonic() < deadline and control.empty():
-            if fleet.pump(50):
-                now = Counter(fleet.meter.sent_types)
-                results.put(("sent", os.getpid(), dict(now - sent_before)))
-                sent_before = now
+            fleet.pump(50)
             if fleet.closed:
                 break
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.devices-{os.getpid()}")
         out.update(_summary(fleet, cpu0, wall0))
     except Exception as exc:  # the parent reports it; a traceback here would be lost
         out["error"] = f"{type(exc).__name__}: {exc}"
