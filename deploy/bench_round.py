@@ -22,14 +22,24 @@ caught up, it moves the coordinator's clock past the grace (as the round tests d
 stage closes the moment its goal is reached; wall time measures work, not waiting.
 ``grace_skipped_s`` reports how much waiting that removed. Deadlines are an hour away.
 
-Measured: ``wall_s`` from ``open_round`` to the release (the coordinator's view), each stage
-from its open to its close (``stage_wall_s``), bytes per device up (sealed envelopes) and down
-(rounds-topic records addressed to it, plus the broadcast open and close), the CPU seconds of
-the coordinator process, of the device processes and of the broker over the round, and the
-in-memory protocol time of the same round (``protocol_compute_s``: the same n, d, k, t,
-dropout and drop stage through :func:`privacy.secagg.simulate.run_round`, plus each client's
-input preparation, in this process before the broker round). ``exact`` checks the released
-sum against the sum of the encoded inputs of the devices that sent a masked input.
+Measured: ``wall_s`` from ``open_round`` to the release commit (the coordinator's view);
+each stage from its open to its close (``stage_wall_s``; a stage ends where the publish of its
+outputs starts), with ``stage_timeline_s``: when the devices sent their first and last answer
+of the stage, when it closed and how long publishing the next stage's messages took; bytes per
+device up (its sealed envelopes) and down (rounds-topic records addressed to it plus the
+broadcast open and close); the CPU seconds of the coordinator process, of the device
+processes (split into polling, parsing, answering and flushing) and of the broker over the
+round, their total and ``cpu_bound_wall_s``, the wall that much CPU needs on this machine's
+cores if perfectly parallel.
+
+Baseline, same run, after the broker round: ``protocol_compute_s``, the same round (same n, d,
+k, t, dropout and dropped clients) in memory through :func:`privacy.secagg.simulate.run_round`
+plus every client's input preparation, serially in one process. Every client there checks its
+neighbours' credentials with a verifier of its own, as each device does over the broker
+(``run_round``'s one shared verifier would let clients reuse the server's checks);
+``protocol_compute_shared_verifier_s`` is that cheaper variant. ``wall_over_compute`` is
+``wall_s / protocol_compute_s`` (goal <= 3). ``exact`` checks the released sum against the sum
+of the encoded inputs of the devices that sent a masked input.
 """
 
 from __future__ import annotations
@@ -358,6 +368,10 @@ def _run(
     cpu = _cpu(reports, got.pop("_cpu"))
     if broker0 is not None and broker1 is not None:
         cpu["broker"] = round(broker1 - broker0, 3)
+    cpu["total"] = round(cpu["coordinator"] + cpu["devices"]["cpu"] + cpu.get("broker", 0.0), 3)
+    # the wall a perfectly parallel run of that much CPU would need on this machine's cores
+    out["cpu_bound_wall_s"] = round(cpu["total"] / (os.cpu_count() or 1), 3)
+    out["wall_over_cpu_bound"] = round(out["wall_s"] / out["cpu_bound_wall_s"], 2)
     out["cpu_s"] = cpu
     p = announce.params
     out.update({"k": p.k, "t": p.t, "bits": p.bits, "min_clients": p.min_clients})

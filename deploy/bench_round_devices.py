@@ -63,7 +63,7 @@ class Meter:
     flush_s: float = 0.0
     unflushed: int = 0
     reported: Counter[str] = field(default_factory=Counter)
-    report: Any = None  # called with the payload counts sent since the last report
+    report: Any = None  # report(when, payload counts sent since the last report)
 
 
 class MeteredTransport(OutboxTransport):
@@ -92,13 +92,15 @@ class MeteredTransport(OutboxTransport):
             m.masked_senders.add(self.device)
 
     def flush(self) -> int:
-        t0 = time.process_time()
+        """Send what is queued; then report it, stamped with when the send started (no
+        record can reach the coordinator before that, so the stamps are causal)."""
+        t0, started = time.process_time(), time.time()
         sent = super().flush()
         m = self.meter
         m.flush_s += time.process_time() - t0
         m.unflushed = 0
         if m.report is not None:
-            m.report(dict(m.sent_types - m.reported))
+            m.report(started, dict(m.sent_types - m.reported))
             m.reported = Counter(m.sent_types)
         return sent
 
@@ -211,7 +213,7 @@ def run_devices(
         cpu0, wall0 = time.process_time(), time.perf_counter()
         deadline = time.monotonic() + timeout_s
         fleet.meter.reported = Counter(fleet.meter.sent_types)  # the check-ins
-        fleet.meter.report = lambda counts: results.put(("sent", time.time(), counts))
+        fleet.meter.report = lambda ts, counts: results.put(("sent", ts, counts))
         while time.monotonic() < deadline and control.empty():
             fleet.pump(50)
             if fleet.closed:

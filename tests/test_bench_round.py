@@ -47,6 +47,12 @@ def test_every_stage_timed_and_the_ratio_is_the_ratio(result: dict) -> None:
     assert result["goal_met"] == (result["wall_over_compute"] <= 3)
     # only the masked stage had silent devices, so only its grace was skipped
     assert result["grace_skipped_s"] > 0
+    for stage, line in result["stage_timeline_s"].items():
+        assert line["closed_s"] == result["stage_wall_s"][stage]
+        assert line["first_answer_s"] <= line["last_answer_s"] <= line["closed_s"]
+        assert line["publish_s"] >= 0
+    # the in-memory baseline with a verifier per client costs at least the shared one
+    assert result["protocol_compute_shared_verifier_s"] > 0
 
 
 def test_bytes_and_cpu_are_measured(result: dict) -> None:
@@ -57,6 +63,8 @@ def test_bytes_and_cpu_are_measured(result: dict) -> None:
     assert result["bytes_total"]["up"] >= per["up_median"] * 21
     cpu = result["cpu_s"]
     assert cpu["coordinator"] > 0 and cpu["devices"]["handle"] > 0
+    assert cpu["total"] >= cpu["coordinator"] + cpu["devices"]["cpu"] - 1e-6
+    assert result["cpu_bound_wall_s"] == pytest.approx(cpu["total"] / result["cpus"], abs=0.01)
     assert len(cpu["device_processes_wall_s"]) == result["processes"] == 2
     assert (result["k"], result["t"]) == (23, result["t"])  # n <= 32: complete graph
     assert result["cpus"] >= 1 and "start" in result["loadavg_1min"]
