@@ -39,7 +39,7 @@ def test_round_completes_exactly_with_the_dropouts(result: dict) -> None:
 def test_every_stage_timed_and_the_ratio_is_the_ratio(result: dict) -> None:
     assert list(result["stage_wall_s"]) == list(STAGES)
     assert all(s > 0 for s in result["stage_wall_s"].values())
-    assert sum(result["stage_wall_s"].values()) <= result["wall_s"] + 1e-6
+    assert sum(result["stage_wall_s"].values()) <= result["wall_s"] + 0.01  # rounding
     assert result["protocol_compute_s"] > 0
     assert result["wall_over_compute"] == pytest.approx(
         result["wall_s"] / result["protocol_compute_s"], abs=0.01
