@@ -332,7 +332,12 @@ def _run(
             ready = 0
             deadline = time.monotonic() + 300
             while ready < processes:
-                kind, pid, body = results.get(timeout=max(1.0, deadline - time.monotonic()))
+                try:
+                    kind, pid, body = results.get(timeout=max(1.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise RuntimeError(
+                        f"{processes - ready} device processes never got ready"
+                    ) from None
                 if kind == "done":
                     raise RuntimeError(f"device process {pid} ended early: {body.get('error')}")
                 ready += kind == "ready"
@@ -451,6 +456,8 @@ def _drive(
                         first.setdefault(typ, t)
                         last[typ] = t
                 elif kind == "done":
+                    if "error" in body:
+                        raise RuntimeError(f"a device process failed: {body['error']}")
                     results.put((kind, ts, body))  # for _collect
                     break
         status = coordinator.status(res.round_id)
@@ -508,7 +515,12 @@ def _collect(results: Any, processes: int, round_id: str) -> list[dict[str, Any]
     reports: list[dict[str, Any]] = []
     deadline = time.monotonic() + 120
     while len(reports) < processes:
-        kind, _pid, body = results.get(timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            kind, _pid, body = results.get(timeout=max(1.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RuntimeError(
+                f"{processes - len(reports)} device processes sent no result"
+            ) from None
         if kind == "done":
             reports.append(body)
     return reports
