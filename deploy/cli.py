@@ -501,7 +501,10 @@ def bench_round(
         typer.Option(help="Kafka bootstrap (default: $SOTTO_KAFKA_BOOTSTRAP or a local broker)"),
     ] = None,
     profile: Annotated[
-        Path | None, typer.Option(help="write a cProfile of the coordinator process here")
+        Path | None,
+        typer.Option(
+            help="write a cProfile of the coordinator process here (devices: PATH.devices-PID)"
+        ),
     ] = None,
 ) -> None:
     """One SecAgg+ round over a real broker (devices in several processes) vs in memory."""
