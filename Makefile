@@ -57,6 +57,7 @@ bench: install kafka
 	$(PY) -m pip install -q 'pycryptodome>=3.18,<4' 'iterators<0.0.3' grpcio httpx
 	$(VENV)/bin/sotto bench ingest --json
 	$(VENV)/bin/sotto bench secagg --json
+	$(VENV)/bin/sotto bench round --json
 	$(VENV)/bin/sotto bench learner --json
 	$(VENV)/bin/sotto bench edge --json
 	$(VENV)/bin/sotto bench quality --json

@@ -483,6 +483,53 @@ def bench_ingest(
     _emit(result, as_json)
 
 
+@bench_app.command("round")
+def bench_round(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    n: Annotated[int, typer.Option("--n", help="simulated devices")] = 1000,
+    d: Annotated[int, typer.Option("--d", help="vector dimension")] = 10000,
+    dropout: Annotated[
+        float, typer.Option("--dropout", help="fraction of devices that vanish")
+    ] = 0.1,
+    processes: Annotated[int, typer.Option("--processes", help="device processes")] = 2,
+    drop_stage: Annotated[str, typer.Option(help="masked (default) or unmask")] = "masked",
+    in_memory: Annotated[
+        bool, typer.Option(help="also run the same round in memory (protocol_compute_s)")
+    ] = True,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="Kafka bootstrap (default: $SOTTO_KAFKA_BOOTSTRAP or a local broker)"),
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="write a cProfile of the coordinator process here (devices: PATH.devices-PID)"
+        ),
+    ] = None,
+) -> None:
+    """One SecAgg+ round over a real broker (devices in several processes) vs in memory."""
+    from backend.observability import configure_logging
+    from deploy.bench_round import run_round_bench
+
+    configure_logging("WARNING")  # stdout carries only the result; progress goes to stderr
+    try:
+        result = run_round_bench(
+            n=n,
+            d=d,
+            dropout=dropout,
+            processes=processes,
+            drop_stage=drop_stage,
+            bootstrap=bootstrap,
+            in_memory=in_memory,
+            profile=profile,
+        )
+    except ValueError as exc:  # a parameter out of range
+        raise typer.BadParameter(str(exc)) from None
+    except RuntimeError as exc:  # the round did not finish, or a device process failed
+        _fail(exc, ExitCode.SERVICE_FAILURE)
+    _emit(result, as_json)
+
+
 @privacy_app.command("report")
 def privacy_report(
     region: Annotated[str | None, typer.Option(help="only this region")] = None,

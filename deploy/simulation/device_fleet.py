@@ -98,6 +98,7 @@ class DeviceFleet:
         self.home = policy.region(region)
         self.gone: dict[str, set[str]] = {}  # round_id -> devices that vanished
         self.members: dict[str, dict[str, int]] = {}  # round_id -> device -> client id
+        self._by_cid: dict[str, dict[int, str]] = {}  # round_id -> client id -> device
         self._key: KeyEntry | None = None
         self._outbox = Outbox(self.data_dir / f"fleet-{region}-outbox.db", keep_sent=100_000)
         self._producer = OutboxProducer(
@@ -226,8 +227,9 @@ class DeviceFleet:
             targets = [d for d, c in self.devices.items() if c == msg.cohort]
         elif isinstance(msg, RoundClosed):
             targets = list(self.devices)
-        else:
-            targets = [d for d, p in self.participants.items() if p.cid(rid) == msg.to]
+        else:  # one addressee: look it up (a scan of every device per message is O(n^2))
+            owner = self._by_cid.get(rid, {}).get(msg.to)
+            targets = [] if owner is None else [owner]
         sent = 0
         for dev in targets:
             if dev in gone:
@@ -239,7 +241,10 @@ class DeviceFleet:
                 continue
             replied = part.handle(msg)
             if replied and isinstance(msg, RoundOpen):
-                self.members.setdefault(rid, {})[dev] = part.cid(rid)  # type: ignore[assignment]
+                cid = part.cid(rid)
+                assert cid is not None
+                self.members.setdefault(rid, {})[dev] = cid
+                self._by_cid.setdefault(rid, {})[cid] = dev
             sent += replied
         return sent
 
