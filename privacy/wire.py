@@ -163,8 +163,8 @@ class RoundSummary(Frozen):
     def _embedding_shape(cls, value: bytes) -> bytes:
         if len(value) != 4 * EMBEDDING_DIM:
             raise ValueError(f"embedding must be {EMBEDDING_DIM} float32 values")
-        vec = np.frombuffer(value, dtype="<f4")
-        if not np.all(np.isfinite(vec)):
+        # the method, not np.all(): a third of the time, on every summary ingested
+        if not np.isfinite(np.frombuffer(value, dtype="<f4")).all():
             raise ValueError("embedding has non-finite values")
         return value
 

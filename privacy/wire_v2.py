@@ -179,8 +179,10 @@ def decode_payload(model: type[Frozen], plain: bytes) -> Frozen:
     sees it; a map that breaks the model raises pydantic's ``ValidationError``."""
     try:
         obj = _ANY_DECODER.decode(plain)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise EnvelopeRejected(RejectReason.PAYLOAD_INVALID, f"payload: {_shown(exc)}") from None
+    except RecursionError:
+        raise EnvelopeRejected(RejectReason.PAYLOAD_INVALID, "payload nested too deep") from None
+    except msgspec.DecodeError:  # its message quotes plaintext bytes: say only what failed
+        raise EnvelopeRejected(RejectReason.PAYLOAD_INVALID, "payload is not MessagePack") from None
     if not isinstance(obj, dict):
         raise EnvelopeRejected(RejectReason.PAYLOAD_INVALID, "payload is not a map")
     return model.model_validate(obj)  # a ValidationError is the caller's to report, as v1's
