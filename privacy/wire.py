@@ -6,6 +6,8 @@ header field is bound into the HPKE ``info`` string, so a header edited in trans
 decryption fail. The body is an HPKE ciphertext of a *payload*: a versioned, typed model
 (:class:`RoundSummary` today; masked SecAgg+ inputs and shadow reports later) chosen by the
 header's ``payload_type``. New payload types are new models, not a new envelope format.
+This :class:`Envelope` is v1 (JSON), still accepted while devices migrate; devices send v2,
+the binary framing of the same header and payloads (:mod:`privacy.wire_v2`).
 
 Dead letters keep the original bytes as the Kafka record value, untouched, and carry the
 machine-readable reason in record headers (:class:`DeadLetter`).
@@ -51,7 +53,7 @@ StepCount = Annotated[int, Field(ge=0, le=MAX_STEPS_PER_ROUND)]
 class RejectReason(StrEnum):
     """Why ingestion refused a record. Stable strings: dashboards and audits key on them."""
 
-    MALFORMED = "malformed"  # not JSON / not an object / bad base64
+    MALFORMED = "malformed"  # not JSON / not an object / bad base64 / broken v2 framing
     SCHEMA = "schema_violation"  # JSON, but not a valid envelope
     UNSUPPORTED_VERSION = "unsupported_version"
     OVERSIZED = "oversized"
