@@ -15,6 +15,9 @@ from datetime import UTC, datetime
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 import privacy.round_wire  # noqa: F401  (registers the SecAgg+ payload types)
 from ingestion.validator import Accepted, Keyring, Rejected, Validator
@@ -310,3 +313,32 @@ def test_validator_routes_v2_by_the_header() -> None:
     verdict = VALIDATOR.validate(unknown, TOPIC)
     assert isinstance(verdict, Rejected) and verdict.reason is RejectReason.UNKNOWN_KEY
     assert verdict.envelope is not None and verdict.envelope.key_id == "eu-nobody"
+
+
+VALID = frame()
+
+
+@hyp_settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(VALID) - 1), st.sampled_from(["flip", "insert", "delete"])),
+        min_size=1,
+        max_size=4,
+    ),
+    filler=st.binary(min_size=1, max_size=8),
+)
+def test_any_edit_of_a_v2_record_is_a_typed_refusal(edits, filler: bytes) -> None:
+    """Byte edits anywhere (lengths, header, enc, ciphertext): parse-then-open raises
+    :class:`EnvelopeRejected`, nothing else, unless the edits cancelled out."""
+    raw = bytearray(VALID)
+    for at, how in edits:
+        at = min(at, len(raw) - 1)
+        if how == "flip":
+            raw[at] ^= filler[0] or 1
+        elif how == "insert":
+            raw[at:at] = filler
+        elif len(raw) > 1:
+            del raw[at : at + len(filler)]
+    if bytes(raw) == VALID:
+        return
+    rejected(bytes(raw))
