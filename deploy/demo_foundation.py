@@ -58,12 +58,18 @@ def _hostile(settings: SottoSettings, sent: dict[str, list[bytes]]) -> dict[str,
             if sent[region]:
                 bad.append(sent[region][0])  # replay of a delivered envelope
                 raw = bytearray(sent[region][1])
-                env = raw.decode()
-                # tamper: flip one byte inside the ciphertext
-                start = env.index('"ct":"') + 6
-                ct = bytearray(b64d(env[start : env.index('"', start)]))
-                ct[len(ct) // 2] ^= 0x01
-                bad.append((env[:start] + b64e(bytes(ct)) + env[env.index('"', start) :]).encode())
+                if raw[:1] == b"{":  # a v1 (JSON) envelope
+                    env = raw.decode()
+                    # tamper: flip one byte inside the ciphertext
+                    start = env.index('"ct":"') + 6
+                    ct = bytearray(b64d(env[start : env.index('"', start)]))
+                    ct[len(ct) // 2] ^= 0x01
+                    bad.append(
+                        (env[:start] + b64e(bytes(ct)) + env[env.index('"', start) :]).encode()
+                    )
+                else:  # v2 (binary): the ciphertext is the record's tail, raw
+                    raw[len(raw) - 20] ^= 0x01
+                    bad.append(bytes(raw))
             other = regions[(i + 1) % len(regions)]
             if other != region and sent[other]:
                 bad.append(sent[other][-1])  # another region's envelope, misrouted here

@@ -36,12 +36,12 @@ from edge_client.retention import DEFAULT_RETENTION, RetentionPolicy
 from edge_client.sealing import FileKeyProvider, KeyProvider
 from edge_client.steps import AgentStep
 from edge_client.summary import summarize
-from privacy.envelope import seal
+from privacy.envelope import parse, seal
 from privacy.errors import ConfigError
 from privacy.features import context_from_steps
 from privacy.keys import KeyEntry, KeySet
 from privacy.policy import RegionConfig, RegionPolicy
-from privacy.wire import ID_PATTERN, Envelope, RoundSummary, utcnow
+from privacy.wire import ID_PATTERN, RoundSummary, utcnow
 
 if TYPE_CHECKING:
     from edge_client.round_client import OutboxTransport
@@ -222,9 +222,10 @@ class EdgeDevice:
         )
         self._producer.flush_outbox()
         item = self._outbox.get(record_id)
-        if item is not None:
-            envelope = Envelope.from_bytes(item.value)
-        return SendReceipt(round, envelope.msg_id, self.topic, item is None or item.sent)
+        msg_id = envelope.msg_id
+        if item is not None:  # this round's earlier envelope, v1 if sealed before the update
+            msg_id = parse(item.value, max_bytes=len(item.value)).msg_id
+        return SendReceipt(round, msg_id, self.topic, item is None or item.sent)
 
     def round_transport(self) -> OutboxTransport:
         """Send SecAgg+ round payloads exactly like summaries: sealed to the home region's

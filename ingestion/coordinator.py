@@ -57,7 +57,7 @@ from privacy.ledger import Budget, BudgetExceeded
 from privacy.policy import RegionConfig
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
 from privacy.round import release
-from privacy.round_wire import RoundClosed, RoundOpen
+from privacy.round_wire import RoundClosed, RoundOpen, rounds_message_bytes
 from privacy.secagg import RoundAborted
 from privacy.wire import ReleasedAggregate, utcnow
 
@@ -362,7 +362,12 @@ class RoundCoordinator:
                 return
             for msg in out:
                 round_outbox.put(
-                    conn, self.region, self.config.t.rounds, a.round_id.encode(), msg.to_bytes(), ts
+                    conn,
+                    self.region,
+                    self.config.t.rounds,
+                    a.round_id.encode(),
+                    rounds_message_bytes(msg),
+                    ts,
                 )
             events.append(
                 event(
@@ -440,7 +445,7 @@ class RoundCoordinator:
             self.region,
             self.config.t.rounds,
             a.round_id.encode(),
-            notice.model_dump_json().encode(),
+            rounds_message_bytes(notice),
             ts,
         )
 

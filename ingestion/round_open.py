@@ -43,7 +43,13 @@ from privacy.errors import ConfigError
 from privacy.ledger import Budget, ChargeEvent, Ledger
 from privacy.rand import Randomness
 from privacy.round import RoundPlan, plan_round
-from privacy.round_wire import NoiseSpec, RoundOpen, envelope_bytes_estimate, round_id_for
+from privacy.round_wire import (
+    NoiseSpec,
+    RoundOpen,
+    envelope_bytes_estimate,
+    round_id_for,
+    rounds_message_bytes,
+)
 from privacy.secagg import sizing
 from privacy.secagg.graph import shuffled
 
@@ -314,9 +320,7 @@ def open_round(
             .where(c.region == region, c.cohort == cohort, c.token.in_(tokens))
             .values(round_id=rid)
         )
-    round_outbox.put(
-        conn, region, rounds_topic, rid.encode(), announce.model_dump_json().encode(), ts
-    )
+    round_outbox.put(conn, region, rounds_topic, rid.encode(), rounds_message_bytes(announce), ts)
     p = rp.params
     audit.append(
         conn,

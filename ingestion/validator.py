@@ -6,7 +6,8 @@ is decrypted that routing already refuses:
 
 1. topic -> region via the policy (``topic_region_mismatch``): a record on a topic that is not
    this region's ingest topic is not ours to interpret, so it is refused before parsing;
-2. size, JSON, envelope schema and version (``privacy.envelope.parse``);
+2. size, framing (v2 binary or v1 JSON, told apart by the first byte), envelope schema and
+   version (``privacy.envelope.parse``);
 3. declared region (``wrong_region``), key owner (``key_region_mismatch`` when the key id is in
    another region's key set, ``unknown_key`` otherwise), key status (``retired_key``);
 4. HPKE open (``decrypt_failed``: tampered header or ciphertext) and the payload schema
@@ -21,18 +22,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import privacy.round_wire  # noqa: F401  (registers the SecAgg+ payload types)
-from privacy.envelope import check_route, open_payload, parse
+from privacy.envelope import AnyEnvelope, check_route, open_payload, parse
 from privacy.errors import EnvelopeRejected
 from privacy.keys import KeySet, PrivateKey
 from privacy.policy import RegionPolicy
-from privacy.wire import Envelope, RejectReason, RoundSummary
+from privacy.wire import RejectReason, RoundSummary
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """A decrypted, schema-valid round summary and its envelope header."""
 
-    envelope: Envelope
+    envelope: AnyEnvelope
     summary: RoundSummary
 
 
@@ -42,7 +43,7 @@ class Rejected:
 
     reason: RejectReason
     detail: str
-    envelope: Envelope | None = None
+    envelope: AnyEnvelope | None = None
 
 
 Verdict = Accepted | Rejected
@@ -93,7 +94,7 @@ class Validator:
                 if owner
                 else f"topic {topic!r} is not an ingest topic of {self.region!r}",
             )
-        env: Envelope | None = None
+        env: AnyEnvelope | None = None
         try:
             env = parse(raw, max_bytes=self._max_bytes)
             owner = self._keys.owners.get(env.key_id)

@@ -2,8 +2,12 @@
 
 Sans-IO: bytes and keys in, envelopes or typed rejections out. Opening performs the checks
 in the order that is cheapest first and never decrypts what routing already refuses:
-size, JSON/schema, version, region, key ownership, key status, then HPKE, then the payload
+size, framing/schema, version, region, key ownership, key status, then HPKE, then the payload
 schema. Replay and topic checks need state or transport facts and belong to the caller.
+
+Two versions are accepted behind the one :func:`parse`: the binary v2
+(:mod:`privacy.wire_v2`, what :func:`seal` writes) and the JSON v1 (:func:`seal_v1`, what
+devices not yet updated still send). The first byte tells them apart.
 """
 
 from __future__ import annotations
@@ -28,9 +32,22 @@ from privacy.wire import (
     b64e,
     utcnow,
 )
+from privacy.wire_v2 import (
+    MAGIC,
+    EnvelopeV2,
+    HeaderV2,
+    assemble,
+    decode_payload,
+    encode_payload,
+    header_bytes,
+    info_for,
+    parse_v2,
+    to_sent_at_us,
+)
 
 SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_128_GCM)
 DEFAULT_MAX_BYTES = 64 * 1024
+AnyEnvelope = Envelope | EnvelopeV2
 
 
 def seal(
@@ -41,8 +58,35 @@ def seal(
     round: int,
     sent_at: datetime | None = None,
     msg_id: str | None = None,
+) -> EnvelopeV2:
+    """Encrypt ``payload`` to ``key`` (which must be its region's current key) as v2.
+
+    The result is parsed back, so a header that breaks the contract (a cohort our own
+    patterns refuse) fails here, at the sender, as :class:`EnvelopeRejected`."""
+    header = HeaderV2(
+        msg_id=bytes.fromhex(msg_id) if msg_id else secrets.token_bytes(16),
+        region=key.region,
+        key_id=key.key_id,
+        cohort=cohort,
+        round=round,
+        payload_type=payload.type,  # type: ignore[attr-defined]
+        sent_at_us=to_sent_at_us(sent_at or utcnow()),
+    )
+    head = header_bytes(header)
+    sealed = SUITE.encrypt(encode_payload(payload), key.public(), info=info_for(head))
+    return parse_v2(assemble(head, sealed))
+
+
+def seal_v1(
+    payload: Frozen,
+    *,
+    key: KeyEntry,
+    cohort: str,
+    round: int,
+    sent_at: datetime | None = None,
+    msg_id: str | None = None,
 ) -> Envelope:
-    """Encrypt ``payload`` to ``key`` (which must be its region's current key)."""
+    """The JSON v1 envelope: for tests of migration and of v1's rules, not for new senders."""
     payload_type = payload.type  # type: ignore[attr-defined]
     header = Envelope(
         msg_id=msg_id or secrets.token_hex(16),
@@ -58,10 +102,16 @@ def seal(
     return header.model_copy(update={"ct": b64e(ct)})
 
 
-def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
-    """Bytes to a validated envelope, or :class:`EnvelopeRejected` with the reason."""
+def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEnvelope:
+    """Bytes to a validated envelope header, or :class:`EnvelopeRejected` with the reason.
+
+    One entry point for both versions: a record starting with v2's magic byte (0xF5, which
+    no JSON text can start with) is binary; anything else is judged as v1 JSON, so every
+    v1 rejection stays what it was."""
     if len(raw) > max_bytes:
         raise EnvelopeRejected(RejectReason.OVERSIZED, f"{len(raw)} bytes > limit {max_bytes}")
+    if raw[:1] == MAGIC[:1]:
+        return parse_v2(raw)
     try:
         # pydantic-core's parser has limits: nesting depth (200), number length, no NaN/Inf,
         # strict UTF-8. The stdlib parser would raise RecursionError or ValueError instead.
@@ -82,7 +132,9 @@ def parse(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
         ) from None
 
 
-def check_route(env: Envelope, *, region: str, keyset: KeySet, key_region: str | None) -> KeyEntry:
+def check_route(
+    env: AnyEnvelope, *, region: str, keyset: KeySet, key_region: str | None
+) -> KeyEntry:
     """The declared region and the key's owner must both be ``region``."""
     if env.region != region:
         raise EnvelopeRejected(
@@ -95,18 +147,22 @@ def check_route(env: Envelope, *, region: str, keyset: KeySet, key_region: str |
     return keyset.check_decryptable(env.key_id)
 
 
-def open_payload(env: Envelope, private: PrivateKey) -> Frozen:
-    """Decrypt and validate the payload. Tampering anywhere gives ``decrypt_failed``."""
+def open_payload(env: AnyEnvelope, private: PrivateKey) -> Frozen:
+    """Decrypt and validate the payload (JSON in v1, MessagePack in v2, the same models).
+    Tampering anywhere, header bytes included, gives ``decrypt_failed``."""
     model = PAYLOAD_MODELS.get(env.payload_type)
     if model is None:
         raise EnvelopeRejected(RejectReason.SCHEMA, f"unknown payload_type {env.payload_type!r}")
+    sealed = env.sealed() if isinstance(env, EnvelopeV2) else b64d(env.ct)
     try:
-        plain = SUITE.decrypt(b64d(env.ct), private.key, info=env.hpke_info())
+        plain = SUITE.decrypt(sealed, private.key, info=env.hpke_info())
     except (InvalidTag, ValueError) as exc:
         raise EnvelopeRejected(
             RejectReason.DECRYPT_FAILED, f"HPKE open failed ({exc.__class__.__name__})"
         ) from None
     try:  # pydantic's JSON mode parses with the same limits as parse()
+        if isinstance(env, EnvelopeV2):
+            return decode_payload(model, plain)
         return model.model_validate_json(plain)
     except ValidationError as exc:
         raise EnvelopeRejected(

@@ -9,7 +9,8 @@ Devices -> region (HPKE envelopes on the ingest topic, one payload each):
 * the SecAgg+ client messages (``secagg_advertise``, ``secagg_shares``, ``masked_input``,
   ``secagg_consistency_sig``, ``secagg_unmask_shares``), registered here as envelope payloads.
 
-Region -> devices (clear JSON on the rounds topic, keyed by ``round_id``): :class:`RoundOpen`,
+Region -> devices (clear MessagePack on the rounds topic, :func:`rounds_message_bytes`; JSON
+from coordinators not yet updated is still read; keyed by ``round_id``): :class:`RoundOpen`,
 the SecAgg+ server messages (``secagg_neighbours``, ``secagg_forward``,
 ``secagg_consistency``, ``secagg_unmask``),
 and :class:`RoundClosed`. Nothing on the rounds topic is secret: public parameters, public
@@ -21,9 +22,10 @@ Pure data, no I/O (like the rest of :mod:`privacy`).
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import Field, TypeAdapter, model_validator
+import msgspec
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from privacy import dp, quantize
 from privacy.adapter_plan import AdapterPlan
@@ -179,16 +181,47 @@ RoundsMessage = Annotated[
 _ROUNDS = TypeAdapter(RoundsMessage)
 
 
-def parse_rounds_message(
-    raw: bytes,
-) -> RoundOpen | NeighbourKeys | ForwardedShares | ConsistencyRequest | UnmaskRequest | RoundClosed:
-    """Bytes from the rounds topic to a message (raises ``pydantic.ValidationError``)."""
-    return _ROUNDS.validate_json(raw)
+ROUNDS_PREFIX: Final = b"\xf5SR\x01"  # never the start of JSON; "S"otto "R"ounds, version 1
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder()
+RoundsMessageT = (
+    RoundOpen | NeighbourKeys | ForwardedShares | ConsistencyRequest | UnmaskRequest | RoundClosed
+)
+
+
+def rounds_message_bytes(msg: RoundsMessageT) -> bytes:
+    """A rounds-topic message as the coordinator publishes it: the prefix, then the model's
+    fields as one MessagePack map with bytes raw (public keys, signatures, sealed shares are
+    most of a NeighbourKeys or ForwardedShares; base64 made them a third larger)."""
+    return ROUNDS_PREFIX + _ENCODER.encode(msg.model_dump(mode="python"))
+
+
+def parse_rounds_message(raw: bytes) -> RoundsMessageT:
+    """Bytes from the rounds topic (binary, or JSON from before the binary codec) to a
+    message; raises ``pydantic.ValidationError`` for anything else, framing included."""
+    if raw[:1] != ROUNDS_PREFIX[:1]:
+        return _ROUNDS.validate_json(raw)
+    if raw[:4] != ROUNDS_PREFIX:
+        raise _invalid("not a rounds message of a known version")
+    try:
+        obj = _DECODER.decode(raw[4:])
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _invalid(str(exc)[:80]) from None
+    return _ROUNDS.validate_python(obj)
+
+
+def _invalid(why: str) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "RoundsMessage", [{"type": "value_error", "loc": (), "input": b"", "ctx": {"error": why}}]
+    )
 
 
 def envelope_bytes_estimate(dim: int, bits: int) -> int:
-    """Upper estimate of the sealed ``masked_input`` envelope for ``dim`` words of ``bits``:
-    base64 of the words in the payload JSON, base64 again around the HPKE ciphertext."""
+    """Upper estimate of the sealed ``masked_input`` envelope for ``dim`` words of ``bits``.
+
+    v1's size: base64 of the words in the payload JSON, base64 again around the ciphertext.
+    A v2 envelope is ~0.56 of it (the words raw, under 256 bytes more), but while v1 devices
+    may still answer a round, the ingest limit has to admit theirs."""
     raw = dim * (4 if bits <= 32 else 8)
     payload = 4 * (raw + 2) // 3 + 256
     return 4 * (payload + 32 + 16 + 2) // 3 + 512

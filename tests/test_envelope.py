@@ -1,4 +1,8 @@
-"""The envelope contract: HPKE binding of the header, rejection reasons, key rotation."""
+"""The envelope contract: HPKE binding of the header, rejection reasons, key rotation.
+
+These are v1's (JSON) rules, sealed with ``seal_v1`` as devices not yet migrated do; v2's
+binary framing has its own file (tests/test_envelope_v2.py), and both versions go through
+the same ``parse``/``check_route``/``open_payload``."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from privacy.envelope import check_route, open_payload, parse, seal
+from privacy.envelope import check_route, open_payload, parse, seal, seal_v1
 from privacy.errors import ConfigError, EnvelopeRejected
 from privacy.keys import KeySet, PrivateKey
 from privacy.policy import RegionPolicy
@@ -29,10 +33,13 @@ def _summary(seed: int = 0) -> RoundSummary:
     )
 
 
-def test_roundtrip_keeps_payload_exactly() -> None:
+@pytest.mark.parametrize("sealer", [seal, seal_v1], ids=["v2", "v1"])
+def test_roundtrip_keeps_payload_exactly(sealer) -> None:
     ks, key = _region("eu")
     s = _summary()
-    env = parse(seal(s, key=ks.current(), cohort="c1", round=7).to_bytes())
+    sent = sealer(s, key=ks.current(), cohort="c1", round=7)
+    env = parse(sent.to_bytes())
+    assert (env.v, env.msg_id, env.cohort, env.round) == (sent.v, sent.msg_id, "c1", 7)
     check_route(env, region="eu", keyset=ks, key_region="eu")
     assert open_payload(env, key) == s
 
@@ -42,7 +49,7 @@ def test_roundtrip_keeps_payload_exactly() -> None:
 )
 def test_header_is_bound_into_hpke_info(field: str, value: object) -> None:
     ks, key = _region("eu")
-    env = seal(_summary(), key=ks.current(), cohort="c1", round=7)
+    env = seal_v1(_summary(), key=ks.current(), cohort="c1", round=7)
     moved = env.model_copy(update={field: value})
     with pytest.raises(EnvelopeRejected) as exc:
         open_payload(moved, key)
@@ -51,7 +58,7 @@ def test_header_is_bound_into_hpke_info(field: str, value: object) -> None:
 
 def test_tampered_ciphertext_fails() -> None:
     ks, key = _region("eu")
-    env = seal(_summary(), key=ks.current(), cohort="c1", round=1)
+    env = seal_v1(_summary(), key=ks.current(), cohort="c1", round=1)
     ct = bytearray(b64d(env.ct))
     ct[-5] ^= 1
     with pytest.raises(EnvelopeRejected) as exc:
@@ -78,7 +85,7 @@ def test_parse_rejections(raw: bytes, reason: RejectReason) -> None:
 def test_route_checks_region_and_key_owner() -> None:
     eu, _ = _region("eu")
     cn, _ = _region("cn")
-    env_cn = seal(_summary(), key=cn.current(), cohort="c1", round=1)
+    env_cn = seal_v1(_summary(), key=cn.current(), cohort="c1", round=1)
     with pytest.raises(EnvelopeRejected) as exc:
         check_route(env_cn, region="eu", keyset=eu, key_region="cn")
     assert exc.value.reason == RejectReason.WRONG_REGION
@@ -94,7 +101,7 @@ def test_route_checks_region_and_key_owner() -> None:
 
 def test_rotation_old_key_decrypts_until_retired() -> None:
     ks, old = _region("eu")
-    env_old = seal(_summary(), key=ks.current(), cohort="c1", round=1)
+    env_old = seal_v1(_summary(), key=ks.current(), cohort="c1", round=1)
     new = PrivateKey.generate("eu-k2")
     ks2 = ks.rotated(new.key_id, new.public_bytes(), NOW)
     assert ks2.current().key_id == "eu-k2"
@@ -115,7 +122,7 @@ def test_private_key_never_prints_its_secret() -> None:
 
 def test_envelope_json_is_versioned() -> None:
     ks, _ = _region("eu")
-    raw = seal(_summary(), key=ks.current(), cohort="c1", round=1).to_bytes()
+    raw = seal_v1(_summary(), key=ks.current(), cohort="c1", round=1).to_bytes()
     assert json.loads(raw)["v"] == 1
     assert Envelope.from_bytes(raw).v == 1
 

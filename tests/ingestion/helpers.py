@@ -3,6 +3,7 @@ keep the ground truth that ingestion's aggregates must equal."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -12,8 +13,25 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from backend import keystore
 from deploy.settings import SottoSettings
-from privacy.envelope import seal
-from privacy.wire import EMBEDDING_DIM, BehaviorCounts, DeadLetter, Envelope, RoundSummary
+from privacy.envelope import SUITE, seal, seal_v1
+from privacy.keys import KeyEntry
+from privacy.wire import (
+    EMBEDDING_DIM,
+    BehaviorCounts,
+    DeadLetter,
+    Envelope,
+    RoundSummary,
+    utcnow,
+)
+from privacy.wire_v2 import (
+    EnvelopeV2,
+    HeaderV2,
+    assemble,
+    header_bytes,
+    info_for,
+    parse_v2,
+    to_sent_at_us,
+)
 
 ACTIONS = ("Launch", "Tap", "Type", "Swipe", "Back", "Home", "Wait")
 
@@ -32,9 +50,57 @@ def random_summary(rng: np.random.Generator) -> RoundSummary:
 
 def seal_for(
     settings: SottoSettings, region: str, summary: RoundSummary, cohort: str, rnd: int
-) -> Envelope:
+) -> EnvelopeV2:
+    """What an updated device sends: a v2 (binary) envelope."""
     keyset = keystore.load_keyset(settings.policy.region(region).keyset_dir)
     return seal(summary, key=keyset.current(), cohort=cohort, round=rnd)
+
+
+def seal_v1_for(
+    settings: SottoSettings, region: str, summary: RoundSummary, cohort: str, rnd: int
+) -> Envelope:
+    """What a device not yet updated sends: a v1 (JSON) envelope, for v1's rules."""
+    keyset = keystore.load_keyset(settings.policy.region(region).keyset_dir)
+    return seal_v1(summary, key=keyset.current(), cohort=cohort, round=rnd)
+
+
+def _header_of(env: EnvelopeV2, **changes: object) -> HeaderV2:
+    fields: dict[str, object] = {
+        "msg_id": bytes.fromhex(env.msg_id),
+        "region": env.region,
+        "key_id": env.key_id,
+        "cohort": env.cohort,
+        "round": env.round,
+        "payload_type": env.payload_type,
+        "sent_at_us": to_sent_at_us(env.sent_at),
+    }
+    return HeaderV2(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def v2_moved(env: EnvelopeV2, **changes: object) -> bytes:
+    """``env``'s ciphertext under an edited header (another round, cohort, key id...): what a
+    sender without the plaintext can do to a v2 envelope it saw."""
+    return assemble(header_bytes(_header_of(env, **changes)), env.sealed())
+
+
+def seal_raw_v2(
+    plain: bytes, key: KeyEntry, cohort: str, rnd: int, payload_type: str = "summary"
+) -> bytes:
+    """Seal arbitrary payload bytes in a valid v2 frame, as any holder of the public key can."""
+    head = header_bytes(
+        HeaderV2(
+            msg_id=secrets.token_bytes(16),
+            region=key.region,
+            key_id=key.key_id,
+            cohort=cohort,
+            round=rnd,
+            payload_type=payload_type,
+            sent_at_us=to_sent_at_us(utcnow()),
+        )
+    )
+    raw = assemble(head, SUITE.encrypt(plain, key.public(), info=info_for(head)))
+    parse_v2(raw)  # the frame itself is valid
+    return raw
 
 
 @dataclass

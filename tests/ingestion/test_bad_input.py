@@ -13,7 +13,7 @@ from deploy.settings import SottoSettings
 from ingestion.aggregates import aggregates
 from ingestion.audit import verify_chain
 from ingestion.service import IngestionApp
-from privacy.envelope import seal
+from privacy.envelope import seal, seal_v1
 from privacy.wire import Envelope, Frozen, RejectReason, b64d, b64e
 from tests.ingestion.helpers import (
     Truth,
@@ -22,6 +22,9 @@ from tests.ingestion.helpers import (
     produce,
     random_summary,
     seal_for,
+    seal_raw_v2,
+    seal_v1_for,
+    v2_moved,
 )
 
 pytestmark = pytest.mark.kafka
@@ -32,6 +35,12 @@ class NotASummary(Frozen):
 
     type: Literal["summary"] = "summary"
     garbage: str = "x"
+
+
+def _flip_v2(raw: bytes, at: int) -> bytes:
+    bad = bytearray(raw)
+    bad[at] ^= 0x01
+    return bytes(bad)
 
 
 def _flip_ct(env: Envelope) -> bytes:
@@ -47,13 +56,35 @@ def test_bad_inputs_go_to_dlq_and_valid_ones_count(settings: SottoSettings) -> N
     eu_key = keystore.load_keyset(eu.keyset_dir).current()
     truth = Truth()
 
-    def valid() -> bytes:
+    sent = [0]
+
+    def valid() -> bytes:  # v2 and v1 alternate: devices migrate one by one
         s = random_summary(rng)
         truth.add("c", 3, s)
-        return seal_for(settings, "eu", s, "c", 3).to_bytes()
+        sent[0] += 1
+        sealer = seal_for if sent[0] % 2 else seal_v1_for
+        return sealer(settings, "eu", s, "c", 3).to_bytes()
 
-    good = seal_for(settings, "eu", random_summary(rng), "c", 4)
+    good = seal_v1_for(settings, "eu", random_summary(rng), "c", 4)  # v1's rules still hold
+    good2 = seal_for(settings, "eu", random_summary(rng), "c", 4)
+    raw2 = good2.to_bytes()
     bad: list[tuple[RejectReason, bytes]] = [
+        (RejectReason.MALFORMED, raw2[:-1]),
+        (RejectReason.MALFORMED, raw2 + b"\x00"),
+        (RejectReason.UNSUPPORTED_VERSION, raw2[:3] + b"\x07" + raw2[4:]),
+        (RejectReason.SCHEMA, v2_moved(good2, round=-1)),
+        (RejectReason.KEY_REGION_MISMATCH, v2_moved(good2, key_id=cn_key.key_id)),
+        (RejectReason.UNKNOWN_KEY, v2_moved(good2, key_id="eu-nobody")),
+        (RejectReason.DECRYPT_FAILED, _flip_v2(raw2, len(raw2) // 2)),
+        (RejectReason.DECRYPT_FAILED, _flip_v2(raw2, len(raw2) - 1)),
+        (RejectReason.DECRYPT_FAILED, v2_moved(good2, round=5)),
+        (RejectReason.DECRYPT_FAILED, v2_moved(good2, cohort="other")),
+        (RejectReason.DECRYPT_FAILED, v2_moved(good2, msg_id=bytes(16))),
+        (RejectReason.PAYLOAD_INVALID, seal_raw_v2(b'{"json": "in v2"}', eu_key, "c", 3)),
+        (
+            RejectReason.OVERSIZED,
+            raw2[:4] + b"\x00" * (settings.ingest.max_envelope_bytes + 1),
+        ),
         (RejectReason.MALFORMED, b"\x00\xffnot json at all"),
         (RejectReason.MALFORMED, b"[1, 2, 3]"),
         (RejectReason.SCHEMA, b'{"v": 1, "msg_id": "nothex", "region": "eu"}'),
@@ -73,6 +104,10 @@ def test_bad_inputs_go_to_dlq_and_valid_ones_count(settings: SottoSettings) -> N
         (RejectReason.DECRYPT_FAILED, _flip_ct(good)),
         (RejectReason.DECRYPT_FAILED, good.model_copy(update={"round": 5}).to_bytes()),
         (RejectReason.DECRYPT_FAILED, good.model_copy(update={"cohort": "other"}).to_bytes()),
+        (
+            RejectReason.PAYLOAD_INVALID,
+            seal_v1(NotASummary(), key=eu_key, cohort="c", round=3).to_bytes(),
+        ),
         (
             RejectReason.PAYLOAD_INVALID,
             seal(NotASummary(), key=eu_key, cohort="c", round=3).to_bytes(),

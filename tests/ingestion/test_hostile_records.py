@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from backend import keystore
@@ -39,7 +41,8 @@ from ingestion.topics import ensure_region_topics
 from ingestion.validator import Rejected
 from privacy.envelope import SUITE
 from privacy.keys import KeyEntry
-from privacy.wire import MAX_ROUND, DeadLetter, Envelope, RejectReason, b64e, utcnow
+from privacy.wire import MAX_ROUND, DeadLetter, Envelope, RejectReason, RoundSummary, b64e, utcnow
+from privacy.wire_v2 import EnvelopeV2
 from tests.ingestion.helpers import (
     Truth,
     assert_matches,
@@ -47,6 +50,9 @@ from tests.ingestion.helpers import (
     random_summary,
     read_all,
     seal_for,
+    seal_raw_v2,
+    seal_v1_for,
+    v2_moved,
 )
 
 pytestmark = pytest.mark.kafka
@@ -157,7 +163,7 @@ def test_region_stoppers_are_dead_lettered_once_and_valid_traffic_counts(
         truth.add("c", rnd, s)
         return seal_for(settings, "eu", s, "c", rnd).to_bytes(), None, []
 
-    template = seal_for(settings, "eu", random_summary(rng), "c", 1)
+    template = seal_v1_for(settings, "eu", random_summary(rng), "c", 1)
     header = template.to_bytes()
     assert b'"round":1,' in header
 
@@ -229,6 +235,7 @@ def test_region_stoppers_are_dead_lettered_once_and_valid_traffic_counts(
             (seal_raw(nul_hist, key, "c", 1).to_bytes(), None, []),
         ),
         ("a 5 MB record", RejectReason.OVERSIZED, (big, b"big-key", [("h", b"v")])),
+        *v2_stoppers(settings, rng, key),
         (
             "a tombstone with a key and headers",
             RejectReason.MALFORMED,
@@ -323,6 +330,73 @@ def test_region_stoppers_are_dead_lettered_once_and_valid_traffic_counts(
     assert headers_of(tomb)["sotto-original-key"] == b64e(b"\x00device\xff").encode()
 
 
+def v2_stoppers(
+    settings: SottoSettings, rng: np.random.Generator, key: KeyEntry
+) -> list[tuple[str, RejectReason, Record]]:
+    """The binary framing's own ways to lie, and v1's stoppers carried into v2."""
+    env = seal_for(settings, "eu", random_summary(rng), "c", 1)
+    raw = env.to_bytes()
+    hlen = int.from_bytes(raw[4:6], "big")
+    body = raw[6 : 6 + hlen]
+    enc = msgspec.msgpack.encode
+
+    def reheader(new_body: bytes) -> bytes:
+        return raw[:4] + len(new_body).to_bytes(2, "big") + new_body + raw[6 + hlen :]
+
+    def payload(**changes: object) -> bytes:
+        plain = enc({**random_summary(rng).model_dump(mode="python"), **changes})
+        return seal_raw_v2(plain, key, "c", 1)
+
+    deep = seal_raw_v2(b"\x91" * 60_000 + b"\x01", key, "c", 1)
+    cases: list[tuple[str, RejectReason, bytes]] = [
+        ("v2 truncated in the header", RejectReason.MALFORMED, raw[: 6 + hlen // 2]),
+        ("v2 truncated in the ciphertext", RejectReason.MALFORMED, raw[:-7]),
+        (
+            "v2 header length lies",
+            RejectReason.MALFORMED,
+            reheader(body)[:4] + b"\x00\x09" + raw[6:],
+        ),
+        ("v2 header length 0xFFFF", RejectReason.MALFORMED, raw[:4] + b"\xff\xff" + raw[6:]),
+        (
+            "v2 sealed length 2**32-1",
+            RejectReason.MALFORMED,
+            raw[: 6 + hlen] + b"\xff" * 4 + raw[10 + hlen :],
+        ),
+        ("v2 trailing bytes", RejectReason.MALFORMED, raw + b"\x00" * 3),
+        ("v2 wrong magic", RejectReason.MALFORMED, b"\xf5SX" + raw[3:]),
+        ("v2 unknown version", RejectReason.UNSUPPORTED_VERSION, raw[:3] + b"\x09" + raw[4:]),
+        ("v2 an unknown header item", RejectReason.SCHEMA, reheader(b"\x98" + body[1:] + b"\x01")),
+        ("v2 header nested deep", RejectReason.SCHEMA, reheader(b"\x91" * 400 + b"\x01")),
+        ("v2 round as text", RejectReason.SCHEMA, v2_moved(env, round="1")),
+        ("v2 round 2**64-1", RejectReason.SCHEMA, v2_moved(env, round=2**64 - 1)),
+        (
+            "v2 a NUL and a newline in the cohort",
+            RejectReason.SCHEMA,
+            v2_moved(env, cohort="c\x00\n"),
+        ),
+        ("v2 header edited (info tampering)", RejectReason.DECRYPT_FAILED, v2_moved(env, round=2)),
+        ("v2 payload nested 60,000 deep", RejectReason.PAYLOAD_INVALID, deep),
+        (
+            "v2 payload counts 2**64-1",
+            RejectReason.PAYLOAD_INVALID,
+            payload(counts={"steps": 2**64 - 1}),
+        ),
+        ("v2 payload unknown field", RejectReason.PAYLOAD_INVALID, payload(device_id="leak")),
+        (
+            "v2 payload NUL-filled action name",
+            RejectReason.PAYLOAD_INVALID,
+            payload(action_hist={"\x00" * 40: 1}),
+        ),
+        (
+            "v2 payload embedding as text",
+            RejectReason.PAYLOAD_INVALID,
+            payload(embedding="A" * 512),
+        ),
+        ("v2 a 5 MB record", RejectReason.OVERSIZED, raw[:6] + b"\x00" * 5_000_000),
+    ]
+    return [(name, reason, (value, b"v2", [])) for name, reason, value in cases]
+
+
 # -- 2. fuzzed envelopes, interleaved with valid ones ------------------------------------------
 HEADER_FIELDS = ("v", "msg_id", "region", "key_id", "cohort", "round", "payload_type", "sent_at")
 HOSTILE_KINDS = (
@@ -341,6 +415,17 @@ HOSTILE_KINDS = (
     "random_json",
     "random_bytes",
     "bad_payload",
+)
+V2_KINDS = (
+    "v2_replay",
+    "v2_bitflip",
+    "v2_insert",
+    "v2_delete",
+    "v2_truncate",
+    "v2_swap_sealed",
+    "v2_header_item",
+    "v2_random",
+    "v2_bad_payload",
 )
 HUGE_INTS = st.one_of(
     st.integers(min_value=-(10**40), max_value=10**40),
@@ -448,6 +533,73 @@ def _hostile(
     return seal_raw(json.dumps(payload).encode(), key, src.cohort, src.round).to_bytes()
 
 
+V2_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.sampled_from([-1, 2**53, MAX_ROUND + 1, 2**64 - 1])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+V2_HEADER_FIELDS = ("msg_id", "region", "key_id", "cohort", "round", "payload_type", "sent_at_us")
+
+
+def _hostile_v2(
+    data: st.DataObject, kind: str, src: EnvelopeV2, other: EnvelopeV2, key: KeyEntry, rng
+) -> bytes:
+    """A hostile v2 record derived from ``src`` (sent earlier in the stream): the info covers
+    every header byte, so no edit leaves it valid, and an unedited copy is a replay."""
+    raw = bytearray(src.to_bytes())
+    if kind == "v2_replay":
+        return bytes(raw)
+    if kind == "v2_bitflip":
+        for _ in range(data.draw(st.integers(1, 3))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= 1 << data.draw(st.integers(0, 7))
+        return bytes(raw)
+    if kind == "v2_insert":
+        i = data.draw(st.integers(1, len(raw)))
+        return bytes(raw[:i] + data.draw(st.binary(min_size=1, max_size=16)) + raw[i:])
+    if kind == "v2_delete":
+        i = data.draw(st.integers(1, len(raw) - 1))
+        return bytes(raw[:i] + raw[i + data.draw(st.integers(1, 32)) :])
+    if kind == "v2_truncate":
+        return bytes(raw[: data.draw(st.integers(1, len(raw) - 1))])
+    if kind == "v2_swap_sealed":
+        sealed = other.sealed() if other.msg_id != src.msg_id else src.sealed()[::-1]
+        return bytes(raw[: src.header_end]) + len(sealed).to_bytes(4, "big") + sealed
+    if kind == "v2_header_item":
+        field = data.draw(st.sampled_from(V2_HEADER_FIELDS))
+        return v2_moved(src, **{field: data.draw(V2_VALUES)})
+    if kind == "v2_random":
+        return b"\xf5SE\x02" + data.draw(st.binary(max_size=300))
+    assert kind == "v2_bad_payload"
+    payload = random_summary(rng).model_dump(mode="python")
+    what = data.draw(st.sampled_from(["count", "embedding", "hist", "extra", "type", "value"]))
+    if what == "count":
+        bad = data.draw(st.one_of(st.integers(-(2**63), -1), st.integers(100_001, 2**64 - 1)))
+        payload["counts"][data.draw(st.sampled_from(sorted(payload["counts"])))] = bad
+    elif what == "embedding":
+        payload["embedding"] = data.draw(st.binary(max_size=600).filter(lambda b: len(b) != 512))
+    elif what == "hist":
+        payload["action_hist"] = {f"a{i}": 1 for i in range(65)}
+    elif what == "extra":
+        payload["device_id"] = "leak"
+    elif what == "type":
+        payload["type"] = data.draw(st.sampled_from(["masked_input", "", "summary2"]))
+    else:
+        payload[data.draw(st.sampled_from(sorted(payload)))] = data.draw(V2_VALUES)
+        with contextlib.suppress(ValidationError):  # the draw may have left it valid
+            RoundSummary.model_validate(payload)
+            payload["device_id"] = "leak"
+    return seal_raw_v2(msgspec.msgpack.encode(payload), key, src.cohort, src.round)
+
+
 @pytest.mark.timeout(420)
 def test_fuzzed_envelopes_are_each_dead_lettered_once(settings: SottoSettings) -> None:
     eu = settings.policy.region("eu")
@@ -474,21 +626,34 @@ def test_fuzzed_envelopes_are_each_dead_lettered_once(settings: SottoSettings) -
     def one_run(data: st.DataObject) -> None:
         records: list[bytes] = []
         hostile: list[bool] = []
-        sent: list[Envelope] = []
+        sent: list[Envelope] = []  # v1, for the JSON mutations
+        sent2: list[EnvelopeV2] = []  # v2, for the binary ones
         for i in range(50):
-            kind = "valid" if i == 0 else data.draw(st.sampled_from(("valid", *HOSTILE_KINDS)))
-            if kind == "valid":
+            kind = (
+                ("valid", "valid_v2")[i]
+                if i < 2
+                else data.draw(st.sampled_from(("valid", "valid_v2", *HOSTILE_KINDS, *V2_KINDS)))
+            )
+            if kind in ("valid", "valid_v2"):
                 s = random_summary(rng)
                 cohort, rnd = data.draw(st.sampled_from(["h0", "h1"])), data.draw(st.integers(1, 2))
-                env = seal_for(settings, "eu", s, cohort, rnd)
                 truth.add(cohort, rnd, s)
-                sent.append(env)
-                records.append(env.to_bytes())
+                if kind == "valid":
+                    env1 = seal_v1_for(settings, "eu", s, cohort, rnd)
+                    sent.append(env1)
+                    records.append(env1.to_bytes())
+                else:
+                    env2 = seal_for(settings, "eu", s, cohort, rnd)
+                    sent2.append(env2)
+                    records.append(env2.to_bytes())
                 hostile.append(False)
                 continue
-            src = data.draw(st.sampled_from(sent))
-            other = data.draw(st.sampled_from(sent))
-            records.append(_hostile(data, kind, src, other, key, rng))
+            if kind.startswith("v2_"):
+                src2, other2 = data.draw(st.sampled_from(sent2)), data.draw(st.sampled_from(sent2))
+                records.append(_hostile_v2(data, kind, src2, other2, key, rng))
+            else:
+                src, other = data.draw(st.sampled_from(sent)), data.draw(st.sampled_from(sent))
+                records.append(_hostile(data, kind, src, other, key, rng))
             hostile.append(True)
         offsets = produce_records(
             settings.kafka_bootstrap, eu.t.ingest, [(r, None, []) for r in records]

@@ -102,12 +102,13 @@ def test_budget_refuses_before_announcing_and_report_matches_dp_accounting(
             (second.round, "budget_exceeded"),
             (third.round, "budget_exceeded"),
         ]
-        announce = RoundOpen.model_validate_json(
-            next(
-                r.value
+        announce = next(
+            m
+            for m in (
+                parse_rounds_message(r.value)
                 for r in read_all(settings.kafka_bootstrap, settings.policy.region("eu").t.rounds)
-                if b'"round_open"' in r.value
             )
+            if isinstance(m, RoundOpen)
         )
 
     report = _report(settings)

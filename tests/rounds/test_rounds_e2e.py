@@ -23,7 +23,7 @@ from ingestion.round_service import RoundService
 from ingestion.rounds_db import round_releases, rounds
 from privacy.ledger import Budget
 from privacy.round_check import PrivacyFloor
-from privacy.round_wire import RoundOpen
+from privacy.round_wire import RoundOpen, parse_rounds_message
 from privacy.wire import ReleasedAggregate
 from tests.ingestion.helpers import read_all
 from tests.rounds.helpers import StepClock, contribution, drive
@@ -120,12 +120,13 @@ def test_two_regions_release_dp_sums_with_dropouts(settings: SottoSettings, tmp_
             # exact: the release is the sum of the survivors' encoded inputs, nothing else
             assert np.array_equal(agg.vector(), noisy)
             # and that is the clipped, quantized sum plus noise of the announced size
-            announce = RoundOpen.model_validate_json(
-                next(
-                    r.value
+            announce = next(
+                m
+                for m in (
+                    parse_rounds_message(r.value)
                     for r in read_all(settings.kafka_bootstrap, topics.rounds)
-                    if b'"round_open"' in r.value
                 )
+                if isinstance(m, RoundOpen)
             )
             s2 = announce.noise.client_variance
             assert agg.noise_stddev == pytest.approx(np.sqrt(len(kept) * s2) / SCALE)
