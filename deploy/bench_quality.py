@@ -39,6 +39,7 @@ from learner.cohort import CohortLearner, LearnerConfig
 from learner.finetune import fit_lora
 from learner.model import PersonalizationNet
 from privacy.catalog import APP_NAMES
+from privacy.contribution import layout_named
 from privacy.features import StepArrays
 
 DELTA = 1e-6
@@ -71,7 +72,15 @@ def _private_run(
     on_round: Any = None,
 ) -> dict[str, Any]:
     """One cohort's private loop at noise multiplier ``z``: final hit@1, ε spent, recovery."""
-    fleet = CohortFleet(cache, cohort, trunk, noise_multiplier=z, delta=DELTA, seed=seed)
+    fleet = CohortFleet(
+        cache,
+        cohort,
+        trunk,
+        noise_multiplier=z,
+        delta=DELTA,
+        seed=seed,
+        layout=layout_named(config.layout),
+    )
     learner = CohortLearner(cohort.split("-c")[0], cohort, net, config)
     nav_hits: list[float] = []
     for r in range(rounds):

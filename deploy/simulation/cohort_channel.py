@@ -120,7 +120,12 @@ class CohortFleet:
     def contributions(self, round_: int, plan: AdapterPlan) -> list[np.ndarray]:
         return [
             build_contribution(
-                self.trunk, self.cache.train(d, round_), plan, d, adapters=self.adapters
+                self.trunk,
+                self.cache.train(d, round_),
+                plan,
+                d,
+                adapters=self.adapters,
+                layout=self.layout,
             )
             for d in self.device_ids
         ]
