@@ -577,14 +577,23 @@ def bench_edge(
 @bench_app.command("quality")
 def bench_quality(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    devices: Annotated[int, typer.Option(help="devices per cohort")] = 200,
+    devices: Annotated[int, typer.Option(help="devices per cohort (at most 1,000)")] = 1000,
     rounds: Annotated[int, typer.Option(help="rounds per cohort")] = 12,
-    epsilon: Annotated[float, typer.Option(help="privacy budget per cohort (whole run)")] = 8.0,
+    epsilons: Annotated[
+        str, typer.Option(help="privacy budgets per cohort (whole run), comma-separated")
+    ] = "1,2,8",
 ) -> None:
-    """Private personalization vs base and vs a central (non-private) oracle, and drift recovery."""
+    """Private personalization vs base and vs a central (non-private) oracle at several
+    budgets side by side (user-level ε, δ = 1e-6), and drift recovery."""
     from deploy.bench_quality import run_quality_bench
 
-    _emit(run_quality_bench(devices_per_cohort=devices, rounds=rounds, epsilon=epsilon), as_json)
+    budgets = tuple(float(e) for e in epsilons.split(",") if e.strip())
+    _emit(
+        run_quality_bench(
+            devices_per_cohort=devices, rounds=rounds, epsilons=budgets, progress=not as_json
+        ),
+        as_json,
+    )
 
 
 @bench_app.command("hint")

@@ -37,7 +37,10 @@ class FitConfig:
     """Hyperparameters of the Newton-LoRA fit (set once per deployment, not per cohort)."""
 
     kappa: float = 4.0  # inverse curvature: how far one step goes along the Newton direction
-    ridge: float = 12.0  # lam: shrinks noisy directions
+    # lam: shrinks noisy directions. 4, not 12: with cohorts of 1,000 the DP noise in the
+    # window's mean is small enough that a heavy ridge mostly shrinks signal (quality bench,
+    # ε = 1: personalized/oracle 0.88 at 12, 0.91 at 4; noise-free, 300 devices: 0.90 vs 0.93)
+    ridge: float = 4.0
     prox: float = 0.5  # mu: pull towards the live adapter
     app_ridge: float = 3.0  # ridge on the app-side curvature, relative to its mean eigenvalue
     steps: int = 250  # Adam steps (fixed: cost does not grow with the stream)

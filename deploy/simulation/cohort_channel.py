@@ -71,17 +71,9 @@ class StepCache:
 
 
 def noise_multiplier_for(total_epsilon: float, rounds: int, delta: float) -> float:
-    """The per-round noise multiplier whose ``rounds``-fold composition costs ``total_epsilon``."""
-    lo, hi = 1e-2, 1.0
-    while accountant.epsilon([hi] * rounds, delta) > total_epsilon:
-        hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if accountant.epsilon([mid] * rounds, delta) > total_epsilon:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    """The per-round noise multiplier whose ``rounds``-fold composition costs ``total_epsilon``
+    (:func:`privacy.accountant.calibrate`, the one place for the formula)."""
+    return accountant.calibrate(total_epsilon, delta, rounds=rounds, tol=1e-6)
 
 
 class CohortFleet:
@@ -128,7 +120,12 @@ class CohortFleet:
     def contributions(self, round_: int, plan: AdapterPlan) -> list[np.ndarray]:
         return [
             build_contribution(
-                self.trunk, self.cache.train(d, round_), plan, d, adapters=self.adapters
+                self.trunk,
+                self.cache.train(d, round_),
+                plan,
+                d,
+                adapters=self.adapters,
+                layout=self.layout,
             )
             for d in self.device_ids
         ]
