@@ -40,6 +40,11 @@ neighbours, the server's per-client unmask work on a sample of survivors and dro
 both extrapolated linearly; the sum of all masked vectors (``parameters_addition``) and the
 final ``parameters_mod`` are timed in full. ``flower_method`` and ``flower_client_method``
 say which.
+
+Server scaling (``scale_ns``, default n = 250, 1,000, 2,000 and 5,000 from the CLI):
+``server_ms_per_client`` per n, ``server_exponent`` (slope of log server time on log n) and
+the per-stage split per n (``server_scale``), from rounds whose real client messages are
+recorded once and replayed to a fresh server (:mod:`deploy.bench_secagg_scale`).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from deploy.bench_secagg_scale import GOAL_MS_PER_CLIENT, run_scale
 from privacy import quantize
 from privacy.credential import CredentialIssuer, IssuerVerifier, SigningKey
 from privacy.rand import Randomness, SystemRandomness
@@ -854,8 +860,14 @@ def run_secagg_bench(
     flower_sample_clients: int = 3,
     flower_sample_survivors: int = 10,
     flower_sample_dropped: int = 3,
+    scale_ns: tuple[int, ...] | None = None,
+    scale_repeats: int = 3,
 ) -> dict[str, Any]:
-    """Run both and return one dict (see module docstring for what is measured)."""
+    """Run both and return one dict (see module docstring for what is measured).
+
+    ``scale_ns`` adds the server's per-client cost at each of those n (replayed rounds, see
+    :mod:`deploy.bench_secagg_scale`; the CLI's default is
+    :data:`~deploy.bench_secagg_scale.DEFAULT_SCALE_NS`)."""
     if not 0 <= dropout < 1:
         raise ValueError("dropout must be in [0, 1)")
     t0 = time.perf_counter()
@@ -948,8 +960,24 @@ def run_secagg_bench(
             out["flower_method"] = (
                 "flwr not installed: run `make bench` (installs it without its pins)"
             )
+    if scale_ns:
+        out.update(
+            run_scale(
+                scale_ns,
+                d,
+                dropout,
+                drop_stage,
+                repeats=scale_repeats,
+                corrupt=corrupt,
+                risk=risk,
+            )
+        )
     out["goals"] = {key: f"{op} {bound:g}" for key, (op, bound) in GOALS.items()}
     out["goals_met"] = _goals(out)
+    for n_key, ms in out.get("server_ms_per_client", {}).items():
+        if int(n_key) >= 2000:
+            out["goals"][f"server_ms_per_client_{n_key}"] = f"<= {GOAL_MS_PER_CLIENT:g}"
+            out["goals_met"][f"server_ms_per_client_{n_key}"] = ms <= GOAL_MS_PER_CLIENT
     out["cpus"] = os.cpu_count()
     out["loadavg_1min"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}
     out["bench_wall_s"] = round(time.perf_counter() - t0, 2)

@@ -446,12 +446,22 @@ def bench_secagg(
     ] = 0.1,
     drop_stage: Annotated[str, typer.Option(help="masked (default) or unmask")] = "masked",
     flower: Annotated[bool, typer.Option(help="also time Flower's SecAgg+ primitives")] = True,
+    scale_ns: Annotated[
+        str,
+        typer.Option(
+            "--scale-ns",
+            help="comma-separated n for the server's per-client cost ('' to skip)",
+        ),
+    ] = "250,1000,2000,5000",
 ) -> None:
     """SecAgg+ client/server cost at n clients x d dims, and the speedup over Flower's."""
     from deploy.bench_secagg import run_secagg_bench
 
     try:
-        result = run_secagg_bench(n=n, d=d, dropout=dropout, drop_stage=drop_stage, flower=flower)
+        ns = tuple(int(v) for v in scale_ns.split(",") if v.strip())
+        result = run_secagg_bench(
+            n=n, d=d, dropout=dropout, drop_stage=drop_stage, flower=flower, scale_ns=ns
+        )
     except ValueError as exc:  # a parameter out of range
         raise typer.BadParameter(str(exc)) from None
     _emit(result, as_json)

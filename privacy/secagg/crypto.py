@@ -48,19 +48,36 @@ def private_bytes(sk: x25519.X25519PrivateKey) -> bytes:
     return sk.private_bytes(_RAW, _PRIV, serialization.NoEncryption())
 
 
-# Any fixed valid private key: exchanging with it fails exactly for low-order public keys.
-_PROBE = x25519.X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+# The u-coordinates of every point of small order: on the curve the 8-torsion is cyclic (u = 0
+# for order 2, u = 1 for order 4, two u for the four points of order 8), on the twist the
+# 4-torsion (u = 0, u = p - 1). Any clamped scalar is a multiple of 8 and prime to the large
+# subgroup orders, so X25519 of a public key gives the all-zero secret exactly for these.
+_P25519 = 2**255 - 19
+_SMALL_ORDER_U = frozenset(
+    {
+        0,
+        1,
+        _P25519 - 1,
+        0x00B8495F16056286FDB1329CEB8D09DA6AC49FF1FAE35616AEB8413B7C7AEBE0,
+        0x57119FD0DD4E22D8868E1C58C45C44045BEF839C55B1D0B1248C50A3BC959C5F,
+    }
+)
+_LOW_255 = (1 << 255) - 1
 
 
 def is_weak_key(pk: bytes) -> bool:
     """True for public keys whose shared secrets are all-zero (the small-order points of
     Curve25519 in any encoding) or that are not 32 bytes: such a key would give its
-    "neighbours" masks and share keys that anyone can compute."""
-    try:
-        _PROBE.exchange(x25519.X25519PublicKey.from_public_bytes(pk))
-    except ValueError:
+    "neighbours" masks and share keys that anyone can compute.
+
+    A table lookup, not a probing exchange (two X25519 operations per advertisement were the
+    server's largest cost after the signature checks): X25519 ignores the top bit and reduces
+    u mod p (RFC 7748), so the 14 weak encodings are the five u above, plus ``p`` and
+    ``p + 1``, each with either top bit. tests/privacy/test_secagg_weak_keys.py checks the
+    table against the probe it replaced."""
+    if len(pk) != 32:
         return True
-    return False
+    return (int.from_bytes(pk, "little") & _LOW_255) % _P25519 in _SMALL_ORDER_U
 
 
 def _digest(*parts: bytes) -> bytes:
@@ -99,9 +116,20 @@ def _pair_label(kind: bytes, round_id: str, a: int, b: int) -> bytes:
     return b"sotto-secagg|v1|" + kind + b"|" + round_id.encode() + b"|%d|%d" % (lo, hi)
 
 
-def pair_seed(sk: x25519.X25519PrivateKey, peer_pk: bytes, round_id: str, a: int, b: int) -> bytes:
-    """The seed of the pairwise mask between clients ``a`` and ``b`` (same from both ends)."""
-    shared = sk.exchange(x25519.X25519PublicKey.from_public_bytes(peer_pk))
+def pair_seed(
+    sk: x25519.X25519PrivateKey,
+    peer_pk: bytes | x25519.X25519PublicKey,
+    round_id: str,
+    a: int,
+    b: int,
+) -> bytes:
+    """The seed of the pairwise mask between clients ``a`` and ``b`` (same from both ends).
+
+    ``peer_pk`` may come parsed: the server reuses one survivor's key for every dropped
+    neighbour it unmasks."""
+    if isinstance(peer_pk, bytes):
+        peer_pk = x25519.X25519PublicKey.from_public_bytes(peer_pk)
+    shared = sk.exchange(peer_pk)
     return prg.derive_key(shared, _pair_label(b"pair", round_id, a, b))
 
 

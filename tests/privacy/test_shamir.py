@@ -82,3 +82,62 @@ def test_split_combine_roundtrip(secret: bytes, t: int, extra: int, seed: int) -
         return
     shares = shamir.split(secret, xs, t, rng)
     assert shamir.combine(shares[extra:], t) == secret
+
+
+def _reference_lagrange(xs: list[int]) -> list[int]:
+    """The textbook O(t^2) field computation, to check the fast one against."""
+    p = shamir.PRIME
+    out = []
+    for m, xm in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if j != m:
+                num, den = num * xj % p, den * (xj - xm) % p
+        out.append(num * pow(den, -1, p) % p)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    xs=st.lists(
+        st.one_of(st.integers(1, 5000), st.integers(1, 2**31), st.integers(1, 2**200)),
+        min_size=1,
+        max_size=60,
+        unique=True,
+    )
+)
+def test_fast_lagrange_coefficients_equal_the_textbook_ones(xs: list[int]) -> None:
+    assert shamir.lagrange_at_zero(xs) == _reference_lagrange(xs)
+
+
+def test_lagrange_refuses_repeated_or_zero_points() -> None:
+    for xs in ([3, 3, 5], [0, 1, 2]):
+        with pytest.raises(ValueError):
+            shamir.lagrange_at_zero(xs)
+
+
+def test_cached_coefficients_rebuild_the_same_secret(rng) -> None:
+    cache = shamir.LagrangeCache(limit=2)
+    secrets_ = [rng.token_bytes(32) for _ in range(4)]
+    xs = list(range(10, 20))
+    for secret in secrets_:
+        shares = shamir.split(secret, xs, 6, rng)
+        points = [(s.x, s.y) for s in shares]
+        assert shamir.combine_points(points, 6, cache) == secret
+        assert shamir.combine_points(points[3:], 6, cache) == secret
+    assert (cache.misses, cache.hits) == (2, 6)
+    with pytest.raises(ValueError):
+        shamir.combine_points(points[:5], 6, cache)
+
+
+def test_batched_weights_equal_one_set_at_a_time() -> None:
+    """Sets of equal size share one numpy pass and one inversion; mixed sizes, large points
+    and more sets than one batch take the other paths: all give the textbook coefficients."""
+    rng = SeededRandomness.from_int(4)
+    sets = [[rng.randbelow(3000) + 1 for _ in range(12)] for _ in range(300)]
+    sets = [xs for xs in sets if len(set(xs)) == len(xs)]
+    sets += [[1, 2, 3], [2**40, 5, 7], [9]]
+    for xs, (scale, w) in zip(sets, shamir.lagrange_weights(sets), strict=True):
+        assert [scale * c % shamir.PRIME for c in w] == _reference_lagrange(xs)
+    with pytest.raises(ValueError):
+        shamir.lagrange_weights([[1, 2], [3, 3]])
