@@ -36,11 +36,12 @@ from ingestion import audit
 from ingestion.checkpoint import BatchCheckpoint, DeadLetterError
 from ingestion.db import consumer_offsets, open_database
 from ingestion.keyring import KeyWatcher
+from ingestion.pool import Task, ValidatorPool, WorkerSpec, judge_chunk
 from ingestion.processor import build_checkpoint
 from ingestion.settings import IngestSettings
 from ingestion.stats import IngestStats
 from ingestion.topics import ensure_region_topics
-from ingestion.validator import Rejected, Validator
+from ingestion.validator import Rejected
 from privacy.errors import SottoError
 from privacy.policy import RegionPolicy
 from privacy.wire import RejectReason, utcnow
@@ -121,8 +122,8 @@ class IngestionApp(DurableConsumerApp):
             log.warning("audit_signing_key_unavailable", region=region, error=type(exc).__name__)
         self._head_at = 0.0
         self._head_seq = -1
-        self._validator = self._new_validator()
         self._log = log.bind(region=region, group=self.group_id)
+        self._pool = self._new_pool()
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> IngestionApp:
@@ -208,13 +209,46 @@ class IngestionApp(DurableConsumerApp):
             self._log.info("topics_created", topics=missing)
 
     # -- the loop -------------------------------------------------------------------------
-    def _new_validator(self) -> Validator:
-        return Validator(
-            self.region,
-            self.policy,
-            self._keys.keyring,
-            max_bytes=self.settings.max_envelope_bytes,
+    worker_task: Task = staticmethod(judge_chunk)  # what pool workers run (tests crash it)
+
+    def _worker_spec(self) -> WorkerSpec:
+        return WorkerSpec.of(
+            self.region, self.policy, self._keys.keyring, self.settings.max_envelope_bytes
         )
+
+    def _new_pool(self) -> ValidatorPool:
+        """Validation on ``settings.workers`` processes (in this process for 0 or 1)."""
+        return ValidatorPool(
+            self._worker_spec(),
+            self.settings.worker_count(),
+            chunk_records=self.settings.worker_chunk_records,
+            max_crashes=self.settings.worker_max_crashes,
+            task=self.worker_task,
+        )
+
+    @property
+    def pool(self) -> ValidatorPool:
+        return self._pool
+
+    def close(self) -> None:
+        super().close()
+        self._pool.close()
+
+    def health(self, *, max_lag: int = 100_000, stall_s: float = 120.0) -> dict[str, Any]:
+        """The durable consumer's answer plus the validation pool's state; a pool that cannot
+        be built is a problem (batches are retried until it can)."""
+        answer = super().health(max_lag=max_lag, stall_s=stall_s)
+        state = self._pool.state
+        answer["pool"] = {
+            "workers": state.workers,
+            "alive": len(self._pool.pids()) if state.workers else 0,
+            "restarts": state.restarts,
+            "isolated_records": state.isolated,
+        }
+        if state.broken:
+            answer["problems"] = [*answer["problems"], f"validation pool down ({state.broken})"]
+            answer["ok"] = answer["ready"] = False
+        return answer
 
     def poll_once(self, timeout_ms: int | None = None) -> int:
         """Poll one batch and checkpoint it; returns the number of records handled."""
@@ -236,14 +270,15 @@ class IngestionApp(DurableConsumerApp):
         if self.stats.first_record_at is None:
             self.stats.first_record_at = time.perf_counter()
         if self._keys.changed():
-            self._validator = self._new_validator()
+            self._pool.update(self._worker_spec())
         records = [
             r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]
         ]
-        try:  # the validator never raises; what can fail here is the database (replay lookup)
+        try:  # the validator never raises; what can fail is the database or the pool's start
             cp = build_checkpoint(
                 records,
-                validator=self._validator,
+                judge=self._pool.judge,
+                region=self.region,
                 engine=self.engine,
                 group_id=self.group_id,
                 dead_letter_topic=self.config.t.dead_letter,
@@ -255,6 +290,9 @@ class IngestionApp(DurableConsumerApp):
             self.stats.checkpoint_failures += 1
             self.failed(exc, consumer.assignment() or list(batch), "batch_judging_failed")
             return 0
+        finally:
+            self.stats.worker_restarts = self._pool.state.restarts
+            self.stats.worker_crash_isolations = self._pool.state.isolated
         self._commit(cp, list(batch))
         return len(records)
 
