@@ -172,6 +172,20 @@ class ValidatorPool:
         if old is not None:
             old.shutdown(wait=True, cancel_futures=True)
 
+    def warm(self) -> None:
+        """Start every worker now (they start lazily otherwise, inside the first batch).
+        Best effort: a pool that cannot start is reported by the first batch."""
+        if self._local is not None:
+            return
+        try:
+            futures = [self._submit([], (0, 0)) for _ in range(self.state.workers)]
+            for fut in futures:
+                fut.result()
+        except Exception as exc:
+            self.state.broken = type(exc).__name__
+            self._discard()
+        self._observe()
+
     def update(self, spec: WorkerSpec) -> None:
         """New key material (rotation, retirement): the next batch is judged by workers
         built from ``spec``; no chunk is ever judged with a mix of old and new keys."""
@@ -180,6 +194,7 @@ class ValidatorPool:
             self._local = spec.validator()
         else:
             self._discard()
+            self.warm()
 
     def close(self) -> None:
         self._discard()

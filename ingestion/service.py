@@ -131,8 +131,9 @@ class IngestionApp(DurableConsumerApp):
         if self._create_topics:
             self.ensure_topics()
         self._producer = self._dlq_producer()
+        self._pool.warm()
         self._open_consumer()
-        self._log.info("ingestion_started", topics=self.topics)
+        self._log.info("ingestion_started", topics=self.topics, workers=self._pool.state.workers)
         return self
 
     def _open_consumer(self) -> None:
