@@ -117,6 +117,25 @@ def crashed(times: int) -> Rejected:
     )
 
 
+class Judging:
+    """A batch handed to the pool; :meth:`result` waits for its verdicts (in order), redoing
+    what a dead worker did not finish. Call it once."""
+
+    def __init__(
+        self,
+        pool: ValidatorPool,
+        items: Sequence[Item],
+        futures: list[tuple[tuple[int, int], Future[list[Verdict]] | None]],
+        verdicts: list[Verdict] | None,
+    ) -> None:
+        self._pool, self._items, self._futures, self._verdicts = pool, items, futures, verdicts
+
+    def result(self) -> list[Verdict]:
+        if self._verdicts is None:
+            self._verdicts = self._pool._collect(self._items, self._futures)
+        return self._verdicts
+
+
 class PoolUnavailable(RuntimeError):
     """No working validation pool can be built right now (the batch is retried)."""
 
@@ -209,18 +228,22 @@ class ValidatorPool:
     def judge(self, items: Sequence[Item]) -> list[Verdict]:
         """One verdict per item, in order. Raises only when no pool can be built at all
         (an infrastructure fault: the caller retries the batch)."""
+        return self.submit(items).result()
+
+    def submit(self, items: Sequence[Item]) -> Judging:
+        """Hand ``items`` to the workers and return at once (in-process: judge them now), so
+        that the caller can checkpoint the previous batch meanwhile."""
         if self._local is not None:
             v = self._local
-            return [v.validate(raw, t, p, o) for raw, t, p, o in items]
-        out: list[Verdict | None] = [None] * len(items)
+            return Judging(self, items, [], [v.validate(raw, t, p, o) for raw, t, p, o in items])
         spans = [(i, min(i + self._chunk, len(items))) for i in range(0, len(items), self._chunk)]
-        suspects = self._run_together(items, spans, out)
-        if suspects:
-            self._run_alone(items, suspects, out)
-        self._observe()
-        self.state.broken = None
-        assert all(v is not None for v in out)
-        return out  # type: ignore[return-value]
+        futures: list[tuple[tuple[int, int], Future[list[Verdict]] | None]] = []
+        for span in spans:
+            try:
+                futures.append((span, self._submit(items, span)))
+            except BrokenProcessPool:  # a worker died before this batch: none of it was judged
+                futures.append((span, None))
+        return Judging(self, items, futures, None)
 
     def _submit(self, items: Sequence[Item], span: tuple[int, int]) -> Future[list[Verdict]]:
         try:
@@ -230,16 +253,12 @@ class ValidatorPool:
             raise
         return executor.submit(self._task, items[span[0] : span[1]])
 
-    def _run_together(
-        self, items: Sequence[Item], spans: list[tuple[int, int]], out: list[Verdict | None]
-    ) -> list[tuple[int, int]]:
-        """All chunks at once; the spans that did not come back (a worker died)."""
-        futures = []
-        for s in spans:
-            try:
-                futures.append((s, self._submit(items, s)))
-            except BrokenProcessPool:  # a worker died before this batch: none of it was judged
-                futures.append((s, None))
+    def _collect(
+        self,
+        items: Sequence[Item],
+        futures: list[tuple[tuple[int, int], Future[list[Verdict]] | None]],
+    ) -> list[Verdict]:
+        out: list[Verdict | None] = [None] * len(items)
         failed: list[tuple[int, int]] = []
         for (a, b), fut in futures:
             try:
@@ -250,7 +269,11 @@ class ValidatorPool:
                 failed.append((a, b))
         if failed:
             self._rebuilt("worker died")
-        return failed
+            self._run_alone(items, failed, out)
+        self._observe()
+        self.state.broken = None
+        assert all(v is not None for v in out)
+        return out  # type: ignore[return-value]
 
     def _run_alone(
         self, items: Sequence[Item], suspects: list[tuple[int, int]], out: list[Verdict | None]

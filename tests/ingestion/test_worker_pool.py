@@ -202,3 +202,38 @@ def test_service_in_process_mode_still_works(settings: SottoSettings) -> None:
         assert app.pool.state.workers == 0 and app.health()["pool"]["alive"] == 0
         assert app.stats.accepted == 20
         assert sum(app.stats.rejected.values()) == 2
+
+
+class _FailingThirdCheckpoint(IngestionApp):
+    """Its third checkpoint fails as a database outage would (reported, rewound), while the
+    next batch is already with the workers."""
+
+    commits = 0
+
+    def _commit(self, cp, partitions):  # type: ignore[no-untyped-def]
+        self.commits += 1
+        if self.commits == 3:
+            self.stats.checkpoint_failures += 1
+            self.failed(ConnectionError("injected"), self._consumer.assignment() or partitions)
+            return
+        super()._commit(cp, partitions)
+
+
+@pytest.mark.kafka
+def test_a_failed_checkpoint_with_a_batch_in_flight_loses_and_doubles_nothing(
+    settings: SottoSettings,
+) -> None:
+    rng = np.random.default_rng(12)
+    eu = settings.policy.region("eu")
+    ingest = settings.ingest.model_copy(
+        update={"workers": 2, "worker_chunk_records": 8, "batch_max_records": 25}
+    )
+    values = [seal_for(settings, "eu", random_summary(rng), "k", 0).to_bytes() for _ in range(200)]
+    produce(settings.kafka_bootstrap or "", eu.t.ingest, values)
+    with _FailingThirdCheckpoint(settings.policy, "eu", ingest) as app:
+        app.process_available(timeout_s=120)
+        assert app.commits > 8  # several batches, the failed one among them
+        assert app.stats.checkpoint_failures == 1
+        assert app.stats.accepted == 200 and app.stats.rejected == {}  # no replay of ours
+        assert [a.count for a in aggregates(app.engine, "eu")] == [200]
+        assert verify_chain(app.engine, "eu") == (True, None)
