@@ -69,9 +69,8 @@ class IngestSettings(BaseModel):
             description="Processes that decrypt and validate records (HPKE and pydantic hold "
             "the GIL, so threads would not help); the main process keeps consumption, the "
             "replay check and the database. 0 or 1: validate in the main process. Unset: "
-            "one fewer than the cores this process may use (the main process's own Kafka and "
-            "database work needs a core), so in-process on 2 cores, where the pool's IPC "
-            "costs more than it frees.",
+            "the cores this process may use. On cores shared with other busy work the pool's "
+            "IPC can cost more than it frees; set 0 there (docs/benchmarks.md).",
         ),
     ] = None
     worker_chunk_records: Annotated[
@@ -120,15 +119,13 @@ class IngestSettings(BaseModel):
     ] = None
 
     def worker_count(self) -> int:
-        """Validation processes to start: ``workers``; unset, the usable cores less the one
-        the main process needs (0, in-process, when that leaves fewer than 2). Measured on 2
-        shared cores: in-process 6.4k envelopes/s, 2 workers 4.9k (docs/benchmarks.md)."""
+        """Validation processes to start: ``workers``, or the usable cores when unset
+        (measured on 2 quiet cores: 2 workers 8.8k envelopes/s, in-process 6.5k)."""
         if self.workers is not None:
             return self.workers
         from ingestion.pool import usable_cpus
 
-        spare = usable_cpus() - 1
-        return spare if spare > 1 else 0
+        return usable_cpus()
 
 
 class RoundsSettings(BaseModel):
