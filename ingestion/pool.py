@@ -11,7 +11,8 @@ Each worker builds its own :class:`~ingestion.validator.Validator` from picklabl
 (:class:`WorkerSpec`: region, policy, key set, raw private keys). Records travel in chunks
 (``worker_chunk_records``) to amortize the IPC; verdicts come back in order.
 
-Faults: a worker that dies breaks the pool (``BrokenProcessPool``); the pool is rebuilt and
+Faults: a worker that dies, or that is stuck past ``worker_timeout_s`` (then all workers are
+killed), breaks the pool (``BrokenProcessPool``); the pool is rebuilt and
 every chunk that did not come back is redone *alone*, so a second crash is attributable. A
 chunk that crashes a worker alone is halved until the record is found; a record that crashes
 ``max_crashes`` workers alone becomes ``Rejected(internal_error)`` (the caller dead-letters it
@@ -113,7 +114,7 @@ def crashed(times: int) -> Rejected:
     """The verdict of a record that killed ``times`` validation workers on its own."""
     return Rejected(
         RejectReason.INTERNAL_ERROR,
-        f"record crashed the validation worker process {times} times; isolated",
+        f"record crashed or stalled the validation worker process {times} times; isolated",
     )
 
 
@@ -164,9 +165,11 @@ class ValidatorPool:
         *,
         chunk_records: int = 250,
         max_crashes: int = 2,
+        timeout_s: float = 60.0,
         task: Task = judge_chunk,
     ) -> None:
         self._spec = spec
+        self._timeout = timeout_s
         self._chunk = max(1, chunk_records)
         self._max_crashes = max(1, max_crashes)
         self._task = task
@@ -264,8 +267,11 @@ class ValidatorPool:
             try:
                 if fut is None:
                     raise BrokenProcessPool("broken before submit")
-                out[a:b] = fut.result()
+                out[a:b] = fut.result(timeout=self._timeout)
             except BrokenProcessPool:
+                failed.append((a, b))
+            except TimeoutError:  # a worker stuck on a record: kill it, as if it had crashed
+                self._kill()
                 failed.append((a, b))
         if failed:
             self._rebuilt("worker died")
@@ -283,10 +289,13 @@ class ValidatorPool:
         while queue:
             (a, b), strikes = queue.popleft()
             try:
-                out[a:b] = self._submit(items, (a, b)).result()
+                out[a:b] = self._submit(items, (a, b)).result(timeout=self._timeout)
                 continue
             except BrokenProcessPool:
                 self._rebuilt("worker died judging a chunk alone")
+            except TimeoutError:
+                self._kill()
+                self._rebuilt("worker stuck judging a chunk alone")
             self._probe()  # blame the chunk only if a fresh worker can judge nothing at all
             if b - a > 1:  # halve until the record is found; the halves start clean
                 mid = (a + b) // 2
@@ -315,6 +324,13 @@ class ValidatorPool:
             self._rebuilt("worker died before judging anything")
             self.state.broken = "workers die on start"
             raise PoolUnavailable("validation workers die before judging any record") from exc
+
+    def _kill(self) -> None:
+        """SIGKILL every worker (one is stuck past ``timeout_s``): the pool breaks, and what
+        it had not returned is redone like after a crash."""
+        procs = getattr(self._executor, "_processes", None) or {}
+        for proc in list(procs.values()):
+            proc.kill()
 
     def _rebuilt(self, why: str) -> None:
         self._discard()

@@ -232,6 +232,7 @@ class IngestionApp(DurableConsumerApp):
             self.settings.worker_count(),
             chunk_records=self.settings.worker_chunk_records,
             max_crashes=self.settings.worker_max_crashes,
+            timeout_s=self.settings.worker_timeout_s,
             task=self.worker_task,
         )
 

@@ -90,6 +90,15 @@ class IngestSettings(BaseModel):
             "the unfinished records are redone, so nothing is lost or counted twice).",
         ),
     ] = 2
+    worker_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Seconds a validation chunk may take before its workers are killed "
+            "and it is redone like after a crash (a record that stalls a worker is isolated "
+            "and dead-lettered as `internal_error`, like one that crashes it).",
+        ),
+    ] = 60.0
     group_prefix: str = Field(
         "sotto-ingest",
         description="Consumer group prefix; the group is `<prefix>-<region>`. Replicas of "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,3 +53,15 @@ class AlwaysDie:
 
     def __call__(self, items: Sequence[Item]) -> list[Verdict]:
         os._exit(self.code)
+
+
+@dataclass(frozen=True)
+class Hang:
+    """A worker stalls (forever, as a pathological input could make it) on ``marker``."""
+
+    marker: bytes
+
+    def __call__(self, items: Sequence[Item]) -> list[Verdict]:
+        if any(raw == self.marker for raw, _, _, _ in items):
+            time.sleep(3600)
+        return judge_chunk(items)

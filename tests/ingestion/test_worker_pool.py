@@ -20,7 +20,7 @@ from ingestion.validator import Accepted, Rejected
 from privacy.envelope import seal
 from privacy.wire import RejectReason
 from tests.ingestion.helpers import dead_letters, produce, random_summary, seal_for
-from tests.ingestion.pool_tasks import AlwaysDie, KillOnce, Poison
+from tests.ingestion.pool_tasks import AlwaysDie, Hang, KillOnce, Poison
 
 POISON = b"this record crashes the validation worker"
 
@@ -110,8 +110,24 @@ def test_a_record_that_crashes_workers_is_isolated_alone(settings: SottoSettings
         pool.close()
     bad = got[17]
     assert isinstance(bad, Rejected) and bad.reason is RejectReason.INTERNAL_ERROR
-    assert "crashed the validation worker" in bad.detail
+    assert "the validation worker process 2 times" in bad.detail
     assert _same(got[:17] + got[18:], expected[:17] + expected[18:])
+    assert pool.state.isolated == 1
+
+
+def test_a_record_that_stalls_a_worker_is_isolated_not_waited_for(
+    settings: SottoSettings,
+) -> None:
+    items = _items(settings, 16)
+    expected = _pool(settings, workers=1).judge(items)
+    items[9] = (POISON, items[0][1], 0, 9)
+    pool = _pool(settings, task=Hang(POISON), max_crashes=2, timeout_s=1.5)
+    try:
+        got = pool.judge(items)
+    finally:
+        pool.close()
+    assert isinstance(got[9], Rejected) and got[9].reason is RejectReason.INTERNAL_ERROR
+    assert _same(got[:9] + got[10:], expected[:9] + expected[10:])
     assert pool.state.isolated == 1
 
 
