@@ -478,14 +478,18 @@ def bench_ingest(
     profile: Annotated[
         Path | None, typer.Option(help="write a cProfile of the pipeline here")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="validation processes (default: ingest.workers; 0 in-process)"),
+    ] = None,
 ) -> None:
-    """Ingestion pipeline throughput vs a bare Kafka consumer on the same N envelopes."""
+    """Ingestion throughput vs the all-core HPKE ceiling (and a bare consumer), same run."""
     from backend.observability import configure_logging
     from deploy.bench_ingest import run_ingest_bench
 
     configure_logging("WARNING")  # stdout carries only the result
     try:
-        result = run_ingest_bench(bootstrap, n=n, profile=profile)
+        result = run_ingest_bench(bootstrap, n=n, profile=profile, workers=workers)
     except ValueError as exc:  # a parameter out of range
         raise typer.BadParameter(str(exc)) from None
     except RuntimeError as exc:  # the pipeline or the raw consumer fell short

@@ -9,7 +9,7 @@ the second pass sees the id and rejects it as a replay.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -19,7 +19,8 @@ from backend.storage import reading
 from ingestion import round_sink
 from ingestion.checkpoint import BatchCheckpoint
 from ingestion.db import seen_messages
-from ingestion.validator import Accepted, Rejected, Validator
+from ingestion.pool import Item
+from ingestion.validator import Accepted, Rejected, Verdict
 from privacy.wire import RejectReason
 
 LOOKUP_CHUNK = 500
@@ -51,9 +52,10 @@ def seen_before(engine: Engine, region: str, msg_ids: Sequence[str]) -> set[str]
 
 
 def build_checkpoint(
-    records: Iterable[RecordLike],
+    records: Sequence[RecordLike],
     *,
-    validator: Validator,
+    judge: Callable[[Sequence[Item]], Sequence[Verdict]],
+    region: str,
     engine: Engine,
     group_id: str,
     dead_letter_topic: str,
@@ -63,13 +65,20 @@ def build_checkpoint(
 ) -> BatchCheckpoint:
     """Validate ``records`` (in partition, offset order) into a checkpoint ready to commit.
 
+    ``judge`` turns ``(raw, topic, partition, offset)`` items into verdicts in order: a
+    :class:`~ingestion.pool.ValidatorPool` (worker processes) or a validator in this process.
+    Everything after it (replay check, screening, the checkpoint) stays here, in order.
+
     ``already_dead_lettered`` are coordinates an earlier try of this batch got acknowledged by
     the DLQ: they are decided again (the same way) but not produced twice."""
-    region = validator.region
-    decided: list[tuple[RecordLike, bytes, Accepted | Rejected]] = []
-    for rec in records:
-        raw = rec.value if rec.value is not None else b""
-        decided.append((rec, raw, validator.validate(raw, rec.topic, rec.partition, rec.offset)))
+    items = [
+        (rec.value if rec.value is not None else b"", rec.topic, rec.partition, rec.offset)
+        for rec in records
+    ]
+    verdicts = judge(items)
+    decided: list[tuple[RecordLike, bytes, Accepted | Rejected]] = [
+        (rec, item[0], verdict) for rec, item, verdict in zip(records, items, verdicts, strict=True)
+    ]
     durable = seen_before(
         engine, region, [v.envelope.msg_id for _, _, v in decided if isinstance(v, Accepted)]
     )

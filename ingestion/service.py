@@ -18,6 +18,7 @@ Bad input never raises: it becomes a dead letter and an audit row. Infrastructur
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,11 +37,12 @@ from ingestion import audit
 from ingestion.checkpoint import BatchCheckpoint, DeadLetterError
 from ingestion.db import consumer_offsets, open_database
 from ingestion.keyring import KeyWatcher
+from ingestion.pool import Item, Judging, Task, ValidatorPool, WorkerSpec, judge_chunk
 from ingestion.processor import build_checkpoint
 from ingestion.settings import IngestSettings
 from ingestion.stats import IngestStats
 from ingestion.topics import ensure_region_topics
-from ingestion.validator import Rejected, Validator
+from ingestion.validator import Rejected
 from privacy.errors import SottoError
 from privacy.policy import RegionPolicy
 from privacy.wire import RejectReason, utcnow
@@ -56,7 +58,12 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
+PENDING_POLL_MS = 20  # longest poll while a judged batch waits to be checkpointed
 UNDECODABLE_RUN = 1000  # most undecodable records dead-lettered by one checkpoint
+
+
+def _item(rec: Any) -> Item:
+    return (rec.value if rec.value is not None else b"", rec.topic, rec.partition, rec.offset)
 
 
 def _undecodable_at(
@@ -121,8 +128,10 @@ class IngestionApp(DurableConsumerApp):
             log.warning("audit_signing_key_unavailable", region=region, error=type(exc).__name__)
         self._head_at = 0.0
         self._head_seq = -1
-        self._validator = self._new_validator()
         self._log = log.bind(region=region, group=self.group_id)
+        self._pool = self._new_pool()
+        self._pending: tuple[list[Any], list[TopicPartition], Judging] | None = None
+        self._overlap = False  # overlap judging and checkpointing (run, process_available)
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> IngestionApp:
@@ -130,8 +139,9 @@ class IngestionApp(DurableConsumerApp):
         if self._create_topics:
             self.ensure_topics()
         self._producer = self._dlq_producer()
+        self._pool.warm()
         self._open_consumer()
-        self._log.info("ingestion_started", topics=self.topics)
+        self._log.info("ingestion_started", topics=self.topics, workers=self._pool.state.workers)
         return self
 
     def _open_consumer(self) -> None:
@@ -208,16 +218,58 @@ class IngestionApp(DurableConsumerApp):
             self._log.info("topics_created", topics=missing)
 
     # -- the loop -------------------------------------------------------------------------
-    def _new_validator(self) -> Validator:
-        return Validator(
-            self.region,
-            self.policy,
-            self._keys.keyring,
-            max_bytes=self.settings.max_envelope_bytes,
+    worker_task: Task = staticmethod(judge_chunk)  # what pool workers run (tests crash it)
+
+    def _worker_spec(self) -> WorkerSpec:
+        return WorkerSpec.of(
+            self.region, self.policy, self._keys.keyring, self.settings.max_envelope_bytes
         )
 
+    def _new_pool(self) -> ValidatorPool:
+        """Validation on ``settings.workers`` processes (in this process for 0 or 1)."""
+        return ValidatorPool(
+            self._worker_spec(),
+            self.settings.worker_count(),
+            chunk_records=self.settings.worker_chunk_records,
+            max_crashes=self.settings.worker_max_crashes,
+            timeout_s=self.settings.worker_timeout_s,
+            task=self.worker_task,
+        )
+
+    @property
+    def pool(self) -> ValidatorPool:
+        return self._pool
+
+    def close(self) -> None:
+        super().close()
+        self._pool.close()
+
+    def health(self, *, max_lag: int = 100_000, stall_s: float = 120.0) -> dict[str, Any]:
+        """The durable consumer's answer plus the validation pool's state; a pool that cannot
+        be built is a problem (batches are retried until it can)."""
+        answer = super().health(max_lag=max_lag, stall_s=stall_s)
+        state = self._pool.state
+        answer["pool"] = {
+            "workers": state.workers,
+            "alive": len(self._pool.pids()) if state.workers else 0,
+            "restarts": state.restarts,
+            "isolated_records": state.isolated,
+        }
+        if state.broken:
+            answer["problems"] = [*answer["problems"], f"validation pool down ({state.broken})"]
+            answer["ok"] = answer["ready"] = False
+        return answer
+
     def poll_once(self, timeout_ms: int | None = None) -> int:
-        """Poll one batch and checkpoint it; returns the number of records handled."""
+        """Poll one batch and checkpoint it; returns the number of records made durable.
+
+        Inside :meth:`run` and :meth:`process_available` (``self._overlap``) the batch is
+        handed to the validation workers and the *previous* batch is checkpointed while they
+        judge it, so the main process's Kafka and database work overlaps the decryption. The
+        next batch's replay lookup still runs after that checkpoint, and a batch in flight
+        is only ever dropped (never committed) when a checkpoint fails or partitions are
+        reassigned: its records are re-read from the durable offsets. A bare call (the round
+        service's step) polls, judges and checkpoints one batch before it returns."""
         consumer = self._consumer
         if consumer is None:
             if self._engine is None:
@@ -227,23 +279,52 @@ class IngestionApp(DurableConsumerApp):
         if not self.ready():
             return 0
         timeout = self.settings.poll_timeout_ms if timeout_ms is None else timeout_ms
+        if self._pending is not None:
+            timeout = min(timeout, PENDING_POLL_MS)  # the batch in flight waits for this poll
         try:
             batch = consumer.poll(timeout_ms=timeout)
         except CorruptRecordError as exc:
-            return self._skip_undecodable(exc)
-        if not batch:
+            done = self._finish_pending()
+            if self._rewind is not None:
+                return done
+            return done + self._skip_undecodable(exc)
+        done = 0
+        if batch:
+            if self.stats.first_record_at is None:
+                self.stats.first_record_at = time.perf_counter()
+            if self._keys.changed():  # the batch in flight was judged with the old keys
+                done = self._finish_pending()
+                self._pool.update(self._worker_spec())
+            records = [
+                r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]
+            ]
+            try:
+                judging = self._pool.submit([_item(r) for r in records])
+            except Exception as exc:  # no worker can be started: retried
+                self.stats.checkpoint_failures += 1
+                self._finish_pending()
+                self.failed(exc, consumer.assignment() or list(batch), "batch_judging_failed")
+                return done
+            if self._rewind is None:
+                done += self._finish_pending()
+            if self._rewind is None:  # else the new batch is re-read after the rewind
+                self._pending = (records, list(batch), judging)
+        if not self._overlap or not batch:
+            done += self._finish_pending()
+        return done
+
+    def _finish_pending(self) -> int:
+        """Collect the verdicts of the batch in flight and checkpoint it."""
+        if self._pending is None:
             return 0
-        if self.stats.first_record_at is None:
-            self.stats.first_record_at = time.perf_counter()
-        if self._keys.changed():
-            self._validator = self._new_validator()
-        records = [
-            r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]
-        ]
-        try:  # the validator never raises; what can fail here is the database (replay lookup)
+        records, partitions, judging = self._pending
+        self._pending = None
+        assert self._consumer is not None
+        try:  # the validator never raises; what can fail is the database or the pool
             cp = build_checkpoint(
                 records,
-                validator=self._validator,
+                judge=lambda _items: judging.result(),
+                region=self.region,
                 engine=self.engine,
                 group_id=self.group_id,
                 dead_letter_topic=self.config.t.dead_letter,
@@ -253,10 +334,41 @@ class IngestionApp(DurableConsumerApp):
             )
         except Exception as exc:
             self.stats.checkpoint_failures += 1
-            self.failed(exc, consumer.assignment() or list(batch), "batch_judging_failed")
+            self.failed(exc, self._consumer.assignment() or partitions, "batch_judging_failed")
             return 0
-        self._commit(cp, list(batch))
-        return len(records)
+        finally:
+            self.stats.worker_restarts = self._pool.state.restarts
+            self.stats.worker_crash_isolations = self._pool.state.isolated
+        self._commit(cp, partitions)
+        return 0 if self._rewind is not None else len(records)
+
+    def failed(self, exc: BaseException, partitions: Any, event: str = "batch_failed") -> None:
+        self._pending = None  # its records are re-read from the durable offsets
+        super().failed(exc, partitions, event)
+
+    def on_assigned(self) -> None:
+        """A (re)assignment seeks to the durable offsets, which are before the batch in
+        flight: drop it (it is re-read, by us or by the partitions' new owner)."""
+        self._pending = None
+        super().on_assigned()
+
+    def process_available(self, timeout_s: float = 60.0) -> int:
+        self._overlap = True
+        try:
+            handled = super().process_available(timeout_s)
+        finally:
+            self._overlap = False
+        return handled + self._finish_pending()
+
+    def run(
+        self, stop_event: threading.Event | None = None, max_idle_s: float | None = None
+    ) -> Any:
+        self._overlap = True
+        try:
+            return super().run(stop_event, max_idle_s)
+        finally:  # a stop finishes the batch in flight before the service closes
+            self._overlap = False
+            self._finish_pending()
 
     def _skip_undecodable(self, exc: CorruptRecordError) -> int:
         """A record the Kafka client cannot decode (a header key that is not UTF-8, which the

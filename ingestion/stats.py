@@ -19,6 +19,8 @@ class IngestStats:
     dead_letters: int = 0
     batches: int = 0
     checkpoint_failures: int = 0
+    worker_restarts: int = 0  # validation pools rebuilt after a worker process died
+    worker_crash_isolations: int = 0  # records judged internal_error for crashing workers
     first_record_at: float | None = None  # time.perf_counter() of the first polled record
     last_commit_at: float | None = None  # time.perf_counter() after the last checkpoint
 
@@ -35,4 +37,6 @@ class IngestStats:
             "dead_letters": self.dead_letters,
             "batches": self.batches,
             "checkpoint_failures": self.checkpoint_failures,
+            "worker_restarts": self.worker_restarts,
+            "worker_crash_isolations": self.worker_crash_isolations,
         }

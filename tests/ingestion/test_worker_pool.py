@@ -1,0 +1,266 @@
+"""The validation pool: the same verdicts as in-process, and no record lost, counted twice or
+wedging the service when a worker process dies (killed mid-batch, or a record that crashes
+it). The pool tests need no broker; the service tests run against the real one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend import keystore
+from deploy.settings import SottoSettings
+from ingestion.aggregates import aggregates
+from ingestion.audit import verify_chain
+from ingestion.keyring import load_keyring
+from ingestion.pool import Item, PoolUnavailable, ValidatorPool, WorkerSpec
+from ingestion.service import IngestionApp
+from ingestion.validator import Accepted, Rejected
+from privacy.envelope import seal
+from privacy.wire import RejectReason
+from tests.ingestion.helpers import dead_letters, produce, random_summary, seal_for
+from tests.ingestion.pool_tasks import AlwaysDie, Hang, KillOnce, Poison
+
+POISON = b"this record crashes the validation worker"
+
+
+def _spec(settings: SottoSettings) -> WorkerSpec:
+    return WorkerSpec.of(
+        "eu",
+        settings.policy,
+        load_keyring(settings.policy, "eu"),
+        settings.ingest.max_envelope_bytes,
+    )
+
+
+def _items(settings: SottoSettings, n: int, seed: int = 1) -> list[Item]:
+    """``n`` records: mostly valid envelopes, some tampered, one on the wrong topic."""
+    rng = np.random.default_rng(seed)
+    topic = settings.policy.region("eu").t.ingest
+    out: list[Item] = []
+    for i in range(n):
+        raw = seal_for(settings, "eu", random_summary(rng), f"c{i % 3}", 0).to_bytes()
+        if i % 7 == 3:
+            raw = raw[:-20] + b"x" * 20
+        out.append((raw, topic if i != 5 else "elsewhere", 0, i))
+    return out
+
+
+def _pool(settings: SottoSettings, workers: int = 2, **kw) -> ValidatorPool:  # type: ignore[no-untyped-def]
+    return ValidatorPool(_spec(settings), workers, chunk_records=8, **kw)
+
+
+def _same(a: list, b: list) -> bool:  # type: ignore[type-arg]
+    """Verdicts equal: accepted ones by message and summary, rejected ones by reason."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, Accepted) and (x.envelope != y.envelope or x.summary != y.summary):
+            return False
+        if isinstance(x, Rejected) and (x.reason, x.detail) != (y.reason, y.detail):
+            return False
+    return True
+
+
+def test_workers_give_the_in_process_verdicts(settings: SottoSettings) -> None:
+    items = _items(settings, 60)
+    local = _pool(settings, workers=1)
+    expected = local.judge(items)
+    assert local.state.workers == 0 and local.pids() == []
+    assert {type(v) for v in expected} == {Accepted, Rejected}
+    pool = _pool(settings, workers=2)
+    try:
+        assert _same(pool.judge(items), expected)
+        assert pool.state.workers == 2 and len(pool.pids()) == 2
+        assert pool.state.restarts == 0
+    finally:
+        pool.close()
+    assert pool.pids() == []
+
+
+def test_a_worker_killed_mid_batch_is_replaced_and_its_chunk_redone(
+    settings: SottoSettings, tmp_path: Path
+) -> None:
+    items = _items(settings, 60)
+    expected = _pool(settings, workers=1).judge(items)
+    flag = tmp_path / "kill"
+    flag.touch()
+    pool = _pool(settings, task=KillOnce(str(flag)))
+    try:
+        assert _same(pool.judge(items), expected)  # nothing lost, nothing judged twice over
+        assert not flag.exists()  # a worker really died
+        assert pool.state.restarts >= 1 and pool.state.isolated == 0
+        assert _same(pool.judge(items), expected)  # and the rebuilt pool keeps working
+    finally:
+        pool.close()
+
+
+def test_a_record_that_crashes_workers_is_isolated_alone(settings: SottoSettings) -> None:
+    items = _items(settings, 40)
+    expected = _pool(settings, workers=1).judge(items)
+    topic = items[0][1]
+    items[17] = (POISON, topic, 0, 17)
+    pool = _pool(settings, task=Poison(POISON), max_crashes=2)
+    try:
+        got = pool.judge(items)
+    finally:
+        pool.close()
+    bad = got[17]
+    assert isinstance(bad, Rejected) and bad.reason is RejectReason.INTERNAL_ERROR
+    assert "the validation worker process 2 times" in bad.detail
+    assert _same(got[:17] + got[18:], expected[:17] + expected[18:])
+    assert pool.state.isolated == 1
+
+
+def test_a_record_that_stalls_a_worker_is_isolated_not_waited_for(
+    settings: SottoSettings,
+) -> None:
+    items = _items(settings, 16)
+    expected = _pool(settings, workers=1).judge(items)
+    items[9] = (POISON, items[0][1], 0, 9)
+    pool = _pool(settings, task=Hang(POISON), max_crashes=2, timeout_s=1.5)
+    try:
+        got = pool.judge(items)
+    finally:
+        pool.close()
+    assert isinstance(got[9], Rejected) and got[9].reason is RejectReason.INTERNAL_ERROR
+    assert _same(got[:9] + got[10:], expected[:9] + expected[10:])
+    assert pool.state.isolated == 1
+
+
+def test_workers_that_cannot_run_at_all_are_a_fault_not_bad_records(
+    settings: SottoSettings,
+) -> None:
+    pool = _pool(settings, task=AlwaysDie())
+    try:
+        with pytest.raises(PoolUnavailable):
+            pool.judge(_items(settings, 10))
+        assert pool.state.isolated == 0
+        assert pool.state.broken
+    finally:
+        pool.close()
+
+
+def test_new_keys_reach_the_workers(settings: SottoSettings) -> None:
+    eu = settings.policy.region("eu")
+    pool = _pool(settings)
+    try:
+        new_key = keystore.rotate(eu.keyset_dir, "eu").current()
+        raw = seal(random_summary(np.random.default_rng(2)), key=new_key, cohort="k", round=0)
+        item = (raw.to_bytes(), eu.t.ingest, 0, 0)
+        assert isinstance(pool.judge([item])[0], Rejected)  # workers built on the old keyring
+        pool.update(_spec(settings))
+        assert isinstance(pool.judge([item])[0], Accepted)
+    finally:
+        pool.close()
+
+
+def _app_class(task: object) -> type[IngestionApp]:
+    return type("CrashingIngestionApp", (IngestionApp,), {"worker_task": task})
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("fault", ["kill", "poison"])
+def test_service_counts_exactly_through_worker_crashes(
+    settings: SottoSettings, tmp_path: Path, fault: str
+) -> None:
+    """A worker SIGKILLed mid-batch, or a record that kills every worker it reaches: every
+    valid record is counted once, the poison is dead-lettered with its bytes, and the service
+    goes on."""
+    rng = np.random.default_rng(9)
+    eu = settings.policy.region("eu")
+    flag = tmp_path / "kill"
+    flag.touch()
+    task = KillOnce(str(flag)) if fault == "kill" else Poison(POISON)
+    ingest = settings.ingest.model_copy(update={"workers": 2, "worker_chunk_records": 16})
+    values, truth = [], 0
+    for i in range(120):
+        values.append(seal_for(settings, "eu", random_summary(rng), "k", 0).to_bytes())
+        truth += 1
+        if fault == "poison" and i == 50:
+            values.append(POISON)
+    produce(settings.kafka_bootstrap or "", eu.t.ingest, values)
+    with _app_class(task)(settings.policy, "eu", ingest) as app:
+        app.process_available(timeout_s=120)
+        assert app.stats.accepted == truth
+        assert app.stats.worker_restarts >= 1
+        health = app.health()
+        assert health["pool"]["workers"] == 2 and health["pool"]["alive"] >= 1
+        assert [a.count for a in aggregates(app.engine, "eu")] == [truth]
+        assert verify_chain(app.engine, "eu") == (True, None)
+        if fault == "poison":
+            assert app.stats.rejected == {RejectReason.INTERNAL_ERROR.value: 1}
+            assert app.stats.worker_crash_isolations == 1
+        else:
+            assert app.stats.rejected == {}
+            assert not flag.exists()
+        # the service is not wedged: a later record is still judged
+        produce(settings.kafka_bootstrap or "", eu.t.ingest, [values[0]])
+        app.process_available(timeout_s=60)
+        assert app.stats.rejected.get(RejectReason.REPLAY.value) == 1
+    dls = dead_letters(settings.kafka_bootstrap or "", eu.t.dead_letter)
+    poisoned = [d for d in dls if d.reason is RejectReason.INTERNAL_ERROR]
+    assert [d.original for d in poisoned] == ([POISON] if fault == "poison" else [])
+
+
+@pytest.mark.kafka
+def test_service_in_process_mode_still_works(settings: SottoSettings) -> None:
+    rng = np.random.default_rng(4)
+    eu = settings.policy.region("eu")
+    ingest = settings.ingest.model_copy(update={"workers": 0})
+    values = [seal_for(settings, "eu", random_summary(rng), "k", 0).to_bytes() for _ in range(20)]
+    produce(settings.kafka_bootstrap or "", eu.t.ingest, [*values, values[3], b"junk"])
+    with IngestionApp(settings.policy, "eu", ingest) as app:
+        app.process_available(timeout_s=60)
+        assert app.pool.state.workers == 0 and app.health()["pool"]["alive"] == 0
+        assert app.stats.accepted == 20
+        assert sum(app.stats.rejected.values()) == 2
+
+
+class _FailingThirdCheckpoint(IngestionApp):
+    """Its third checkpoint fails as a database outage would (reported, rewound), while the
+    next batch is already with the workers."""
+
+    commits = 0
+
+    def _commit(self, cp, partitions):  # type: ignore[no-untyped-def]
+        self.commits += 1
+        if self.commits == 3:
+            self.stats.checkpoint_failures += 1
+            self.failed(ConnectionError("injected"), self._consumer.assignment() or partitions)
+            return
+        super()._commit(cp, partitions)
+
+
+@pytest.mark.kafka
+def test_a_failed_checkpoint_with_a_batch_in_flight_loses_and_doubles_nothing(
+    settings: SottoSettings,
+) -> None:
+    rng = np.random.default_rng(12)
+    eu = settings.policy.region("eu")
+    ingest = settings.ingest.model_copy(
+        update={"workers": 2, "worker_chunk_records": 8, "batch_max_records": 25}
+    )
+    values = [seal_for(settings, "eu", random_summary(rng), "k", 0).to_bytes() for _ in range(200)]
+    produce(settings.kafka_bootstrap or "", eu.t.ingest, values)
+    with _FailingThirdCheckpoint(settings.policy, "eu", ingest) as app:
+        app.process_available(timeout_s=120)
+        assert app.commits > 8  # several batches, the failed one among them
+        assert app.stats.checkpoint_failures == 1
+        assert app.stats.accepted == 200 and app.stats.rejected == {}  # no replay of ours
+        assert [a.count for a in aggregates(app.engine, "eu")] == [200]
+        assert verify_chain(app.engine, "eu") == (True, None)
+
+
+def test_default_workers_are_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ingestion.pool
+    from ingestion.settings import IngestSettings
+
+    for cores in (1, 2, 16):
+        monkeypatch.setattr(ingestion.pool, "usable_cpus", lambda c=cores: c)
+        assert IngestSettings().worker_count() == cores
+    assert IngestSettings(workers=4).worker_count() == 4
+    assert IngestSettings(workers=0).worker_count() == 0
