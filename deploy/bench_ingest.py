@@ -181,13 +181,12 @@ def _measure_raw(settings: SottoSettings, n: int) -> float:
 
 def _hpke_inputs(raws: list[bytes]) -> list[tuple[bytes, bytes]]:
     """(ciphertext, HPKE info) of each envelope: everything an open needs but the key."""
-    from privacy.envelope import parse
-    from privacy.wire import b64d
+    from privacy.envelope import parse, sealed_bytes
 
     out = []
     for raw in raws:
         env = parse(raw)
-        out.append((b64d(env.ct), env.hpke_info()))
+        out.append((sealed_bytes(env), env.hpke_info()))
     return out
 
 

@@ -147,15 +147,19 @@ def check_route(
     return keyset.check_decryptable(env.key_id)
 
 
+def sealed_bytes(env: AnyEnvelope) -> bytes:
+    """HPKE ``enc || ciphertext`` of either version: what a single-shot open takes."""
+    return env.sealed() if isinstance(env, EnvelopeV2) else b64d(env.ct)
+
+
 def open_payload(env: AnyEnvelope, private: PrivateKey) -> Frozen:
     """Decrypt and validate the payload (JSON in v1, MessagePack in v2, the same models).
     Tampering anywhere, header bytes included, gives ``decrypt_failed``."""
     model = PAYLOAD_MODELS.get(env.payload_type)
     if model is None:
         raise EnvelopeRejected(RejectReason.SCHEMA, f"unknown payload_type {env.payload_type!r}")
-    sealed = env.sealed() if isinstance(env, EnvelopeV2) else b64d(env.ct)
     try:
-        plain = SUITE.decrypt(sealed, private.key, info=env.hpke_info())
+        plain = SUITE.decrypt(sealed_bytes(env), private.key, info=env.hpke_info())
     except (InvalidTag, ValueError) as exc:
         raise EnvelopeRejected(
             RejectReason.DECRYPT_FAILED, f"HPKE open failed ({exc.__class__.__name__})"
