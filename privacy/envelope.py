@@ -170,7 +170,8 @@ def open_payload(env: AnyEnvelope, private: PrivateKey) -> Frozen:
         return model.model_validate_json(plain)
     except ValidationError as exc:
         raise EnvelopeRejected(
-            RejectReason.PAYLOAD_INVALID, f"payload fields: {_invalid_fields(exc)}"
+            RejectReason.PAYLOAD_INVALID,
+            f"payload fields: {_invalid_fields(exc, names=frozenset(model.model_fields))}",
         ) from None
 
 
@@ -188,11 +189,19 @@ def _shown(part: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _invalid_fields(exc: ValidationError) -> str:
-    """The paths of the first invalid fields (the error type where there is no path)."""
+def _invalid_fields(exc: ValidationError, names: frozenset[str] | None = None) -> str:
+    """The paths of the first invalid fields (the error type where there is no path).
+
+    With ``names`` (a payload model's fields), a path element that is neither one of them nor
+    an index is shown as ``<key>``: inside a payload the keys of a mapping (``action_hist``'s
+    action names) are decrypted plaintext, and plaintext never reaches a dead letter."""
+
+    def part(element: object) -> str:
+        if names is None or isinstance(element, int) or element in names:
+            return _shown(element)
+        return "<key>"
+
     errors = exc.errors()
-    shown = [
-        ".".join(map(_shown, e["loc"])) or _shown(e["type"]) for e in errors[:MAX_FIELDS_SHOWN]
-    ]
+    shown = [".".join(map(part, e["loc"])) or _shown(e["type"]) for e in errors[:MAX_FIELDS_SHOWN]]
     more = len(errors) - MAX_FIELDS_SHOWN
     return ",".join(shown) + (f" (+{more} more)" if more > 0 else "")

@@ -101,3 +101,22 @@ def test_batched_lagrange_matches_brute_force_in_any_order() -> None:
 def test_lagrange_refuses_duplicate_or_zero_points(xs: list[int]) -> None:
     with pytest.raises(ValueError):
         shamir.lagrange_at_zero(xs)
+
+
+def test_payload_rejection_never_names_a_plaintext_mapping_key() -> None:
+    """A payload's mapping keys (action names) are decrypted plaintext: a rejection detail
+    names the field and masks the key, in v1 and in v2."""
+    from pydantic import ValidationError
+
+    from privacy.envelope import _invalid_fields
+    from privacy.wire import RoundSummary
+
+    secret_key = "call-mum-at-0612345678"
+    try:
+        RoundSummary.model_validate({"action_hist": {secret_key: "not-a-count"}})
+    except ValidationError as exc:
+        detail = _invalid_fields(exc, names=frozenset(RoundSummary.model_fields))
+    else:  # pragma: no cover - the payload above is invalid
+        raise AssertionError("invalid payload accepted")
+    assert secret_key not in detail
+    assert "action_hist.<key>" in detail
