@@ -251,9 +251,10 @@ def run_ingest_bench(
         _broker(target, Path(tmp)) as boot,
     ):
         settings = _deployment(Path(tmp) / "home", boot, uuid.uuid4().hex[:8])
-        if workers is not None:
-            ingest = settings.ingest.model_copy(update={"workers": workers})
-            settings = SottoSettings(home=settings.home, kafka_bootstrap=boot, ingest=ingest)
+        if workers is None:  # the bench measures the pool: every usable core
+            workers = usable_cpus()
+        ingest = settings.ingest.model_copy(update={"workers": workers})
+        settings = SottoSettings(home=settings.home, kafka_bootstrap=boot, ingest=ingest)
         from ingestion.service import IngestionApp
 
         with IngestionApp(settings.policy, "eu", settings.ingest, create_topics=True):

@@ -480,7 +480,7 @@ def bench_ingest(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="validation processes (default: ingest.workers; 0 in-process)"),
+        typer.Option(help="validation processes (default: the usable cores; 0 in-process)"),
     ] = None,
 ) -> None:
     """Ingestion throughput vs the all-core HPKE ceiling (and a bare consumer), same run."""
