@@ -69,7 +69,7 @@ class IngestSettings(BaseModel):
             description="Processes that decrypt and validate records (HPKE and pydantic hold "
             "the GIL, so threads would not help); the main process keeps consumption, the "
             "replay check and the database. 0 or 1 (the default): validate in the main "
-            "process. Unset (null): the cores this process may use. Off by default: under a "
+            "process; N: N worker processes (None, from code: the usable cores). Off by default: under a "
             "consumer-group rebalance with a batch in flight one replica of three was seen to "
             "hang (not yet fixed), and on cores shared with other busy work the pool's IPC "
             "costs more than it frees (docs/benchmarks.md).",
