@@ -49,7 +49,10 @@ def test_every_stage_timed_and_the_ratio_is_the_ratio(result: dict) -> None:
     assert result["grace_skipped_s"] > 0
     for stage, line in result["stage_timeline_s"].items():
         assert line["closed_s"] == result["stage_wall_s"][stage]
-        assert line["first_answer_s"] <= line["last_answer_s"] <= line["closed_s"]
+        # a stage closes on its goal, after its first answer; a straggler may answer after
+        # the close (late answers are legal), so the last answer is not bounded by it
+        assert line["first_answer_s"] <= line["closed_s"]
+        assert line["first_answer_s"] <= line["last_answer_s"]
         assert line["publish_s"] >= 0
     # the in-memory baseline with a verifier per client costs at least the shared one
     assert result["protocol_compute_shared_verifier_s"] > 0
