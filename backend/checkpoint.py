@@ -6,7 +6,9 @@ offsets of the records one batch read and commits them **in the same transaction
 batch's results:
 
 1. *before* (optional): work that must be acknowledged first (ingestion's dead letters, which
-   are at-least-once: re-produced if the process dies before the transaction);
+   are at-least-once: re-produced if the process dies before the transaction). The fence is
+   read once before it: a zombie whose batch another replica already made durable (it would
+   judge those records replays) is refused before it dead-letters anything;
 2. one database transaction: the offset fence (a batch must not start before the stored next
    offset of its partition; refusing offsets that go backwards is what stops a zombie or a
    re-read from counting twice, and on PostgreSQL the offset rows are locked ``FOR UPDATE`` so
@@ -118,6 +120,8 @@ class Checkpoint:
         self._guard()
         try:
             if before is not None:
+                with engine.connect() as conn:  # read-only: the locking check is below
+                    self._fence(conn, lock=False)
                 before()
             with engine.begin() as conn:
                 stored = self._fence(conn)
@@ -132,12 +136,12 @@ class Checkpoint:
         c = self.offsets.c
         return and_(c.group_id == self.group_id, c.topic == topic, c.partition == partition)
 
-    def _fence(self, conn: Connection) -> dict[tuple[str, int], int]:
+    def _fence(self, conn: Connection, *, lock: bool = True) -> dict[tuple[str, int], int]:
         """Stored next offsets of this batch's partitions; raise if the batch goes backwards."""
         stored: dict[tuple[str, int], int] = {}
         for (topic, partition), span in self.spans.items():
             stmt = select(self.offsets.c.next_offset).where(self._key(topic, partition))
-            if conn.dialect.name != "sqlite":
+            if lock and conn.dialect.name != "sqlite":
                 stmt = stmt.with_for_update()
             value = conn.execute(stmt).scalar()
             if value is None:

@@ -47,9 +47,9 @@ class SeekFromDatabase(ConsumerRebalanceListener):
         self._app = app
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Batches are checkpointed before the next poll, so nothing is in flight here. Until
-        # the new assignment arrives the app is rebalancing, not idle (see ``run``).
+        # Until the new assignment arrives the app is rebalancing, not idle (see ``run``).
         self._app.rebalancing = True
+        self._app.on_revoked()
         self._app._log.info("partitions_revoked", n=len(revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
@@ -140,6 +140,11 @@ class DurableConsumerApp:
         stmt = select(c.topic, c.partition, c.next_offset).where(c.group_id == self.group_id)
         with reading(self.engine) as conn:
             return {(r.topic, r.partition): int(r.next_offset) for r in conn.execute(stmt)}
+
+    def on_revoked(self) -> None:
+        """Hook: drop work in flight on the revoked partitions. Their next owner (perhaps
+        this app again) re-reads it from the durable offsets; checkpointing it now would race
+        that owner, and the loser of the race would judge the winner's records replays."""
 
     def on_assigned(self) -> None:
         """Hook: drop anything cached about partitions we may not have owned meanwhile."""

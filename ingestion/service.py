@@ -346,6 +346,15 @@ class IngestionApp(DurableConsumerApp):
         self._pending = None  # its records are re-read from the durable offsets
         super().failed(exc, partitions, event)
 
+    def on_revoked(self) -> None:
+        """The batch in flight belongs to partitions that are no longer ours: drop it, never
+        checkpoint it (kafka-python's ``poll`` may return before the rebalance completes, and
+        the next owner re-reads it from the durable offsets). Checkpointing it anyway was
+        harmless for the counts (the offset fence refuses the loser), but the loser first
+        dead-lettered the winner's records as replays."""
+        self._pending = None
+        super().on_revoked()
+
     def on_assigned(self) -> None:
         """A (re)assignment seeks to the durable offsets, which are before the batch in
         flight: drop it (it is re-read, by us or by the partitions' new owner)."""

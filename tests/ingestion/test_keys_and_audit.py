@@ -105,6 +105,56 @@ def test_checkpoint_refuses_offsets_that_go_backwards(settings: SottoSettings) -
     engine.dispose()
 
 
+@pytest.mark.kafka
+def test_a_fenced_batch_dead_letters_nothing(settings: SottoSettings) -> None:
+    """A zombie's batch that another replica already made durable: its records look like
+    replays to it. The fence is read before the dead letters go out, so none does (they
+    would name valid, counted records as rejected)."""
+    from kafka import KafkaProducer
+
+    rng = np.random.default_rng(9)
+    policy = settings.policy
+    eu = policy.region("eu")
+    key = keystore.load_keyset(eu.keyset_dir).current()
+    engine = open_database(eu.database_url)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    raw = seal(random_summary(rng), key=key, cohort="f", round=0).to_bytes()
+    validator = Validator("eu", policy, load_keyring(policy, "eu"), max_bytes=65536)
+    verdict = validator.validate(raw, eu.t.ingest, 0, 4)
+    assert isinstance(verdict, Accepted)
+    won = BatchCheckpoint(
+        region="eu", group_id="g", dead_letter_topic=eu.t.dead_letter, now=utcnow()
+    )
+    won.accept(verdict, eu.t.ingest, 0, 4)
+    won.commit(producer=producer, engine=engine)
+    zombie = BatchCheckpoint(
+        region="eu", group_id="g", dead_letter_topic=eu.t.dead_letter, now=utcnow()
+    )
+    zombie.reject(
+        Rejected(RejectReason.REPLAY, "msg_id already accepted", verdict.envelope),
+        raw,
+        eu.t.ingest,
+        0,
+        4,
+    )
+    with pytest.raises(OffsetFenceError):
+        zombie.commit(producer=producer, engine=engine)
+    producer.close()
+    assert dead_letters(settings.kafka_bootstrap or "", eu.t.dead_letter) == []
+    # a batch the fence admits still dead-letters first (at least once), then commits
+    later = BatchCheckpoint(
+        region="eu", group_id="g", dead_letter_topic=eu.t.dead_letter, now=utcnow()
+    )
+    later.reject(Rejected(RejectReason.MALFORMED, "junk"), b"junk", eu.t.ingest, 0, 5)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    later.commit(producer=producer, engine=engine)
+    producer.close()
+    assert [d.original for d in dead_letters(settings.kafka_bootstrap or "", eu.t.dead_letter)] == [
+        b"junk"
+    ]
+    engine.dispose()
+
+
 def test_audit_fails_when_sums_disagree_with_accepted_records(settings: SottoSettings) -> None:
     """A lost update (what unlocked replicas did on PostgreSQL) keeps offsets, replay ids and
     the chain consistent; only recounting the accepted summaries against the sums shows it."""

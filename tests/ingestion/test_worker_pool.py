@@ -267,3 +267,37 @@ def test_workers_default_in_process_and_unset_means_the_usable_cores(
         assert IngestSettings(workers=None).worker_count() == cores
     assert IngestSettings(workers=4).worker_count() == 4
     assert IngestSettings(workers=0).worker_count() == 0
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_revocation_drops_the_batch_in_flight(settings: SottoSettings, workers: int) -> None:
+    """kafka-python's ``poll`` may return empty in the middle of a rebalance, after it revoked
+    our partitions. The batch then in flight must not be checkpointed: the partitions' next
+    owner re-reads it from the durable offsets, and whichever checkpoint lost the race
+    (refused by the offset fence, so the counts stayed right) had first dead-lettered the
+    winner's records as replays (seen with three PostgreSQL replicas on a busy machine)."""
+    from backend.consumer_app import SeekFromDatabase
+
+    rng = np.random.default_rng(21)
+    eu = settings.policy.region("eu")
+    ingest = settings.ingest.model_copy(update={"workers": workers, "batch_max_records": 10})
+    values = [seal_for(settings, "eu", random_summary(rng), "k", 0).to_bytes() for _ in range(30)]
+    produce(settings.kafka_bootstrap or "", eu.t.ingest, values, partition=0)
+    with IngestionApp(settings.policy, "eu", ingest) as app:
+        app._overlap = True  # as inside run(): the judged batch waits for the next poll
+        while app._pending is None:
+            app.poll_once(timeout_ms=500)
+        in_flight = app._pending[0]
+        assert app.durable_offsets() == {}
+        listener, assigned = SeekFromDatabase(app), app._consumer.assignment()
+        listener.on_partitions_revoked(assigned)  # what kafka-python calls inside poll
+        assert app._finish_pending() == 0  # poll returned early: nothing of it is durable
+        assert app.durable_offsets() == {}
+        listener.on_partitions_assigned(assigned)  # ours again: re-read from the database
+        app._overlap = False
+        app.process_available(timeout_s=60)
+        assert len(in_flight) > 0
+        assert app.stats.accepted == 30 and app.stats.rejected == {}  # no replay of ours
+        assert [a.count for a in aggregates(app.engine, "eu")] == [30]
+    assert dead_letters(settings.kafka_bootstrap or "", eu.t.dead_letter) == []
