@@ -6,8 +6,10 @@ line on stderr and an :class:`ExitCode`, never a traceback (unless `--debug`/`SO
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -995,6 +997,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Only messages are printed, never an exception's repr or locals (they may carry key bytes)."""
     global _debug
     _debug = False
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack to stderr, for a
+        # service that stopped turning (frames only: file, line and function, never locals)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         rv = app(args=argv, prog_name="sotto", standalone_mode=False)
     except typer.Abort:  # EOF at a prompt

@@ -174,7 +174,7 @@ class Replicas:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def tails(self) -> str:
-        return "\n".join(f"--- replica {i}\n{self.text(i)[-2500:]}" for i in range(len(self.procs)))
+        return "\n".join(f"--- replica {i}\n{self.text(i)[-6000:]}" for i in range(len(self.procs)))
 
     def assert_alive(self, *procs: subprocess.Popen[bytes]) -> None:
         for p in procs or tuple(self.procs):
@@ -187,6 +187,10 @@ class Replicas:
             try:
                 codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
+                for q in procs:  # where each one that still runs is stuck (sotto's SIGUSR1)
+                    if q.poll() is None:
+                        q.send_signal(signal.SIGUSR1)
+                time.sleep(2)
                 pytest.fail(f"a replica did not finish in {timeout_s}s\n{self.tails()}")
         return codes
 
