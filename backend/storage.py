@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, text
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
 
 READONLY = "sotto_readonly"
 
@@ -42,6 +42,36 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
         readonly = conn.get_execution_options().get(READONLY, False)
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+_INSERTS: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]]] = {}
+
+
+def insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """``conn.execute(table.insert(), rows)``, cheaper on SQLite's hot paths.
+
+    Why: SQLAlchemy processes every row's parameters in Python before handing the batch to the
+    driver (2-3 µs a row, about a tenth of ingestion's main process). On SQLite, a table whose
+    columns need no bind conversion is written with the compiled statement and plain tuples
+    through the driver's ``executemany``. Other dialects keep SQLAlchemy's path, whose bulk
+    ``INSERT ... VALUES`` batching on PostgreSQL beats ``executemany``."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(table.insert(), rows)
+        return
+    keys = tuple(rows[0])
+    cached = _INSERTS.get((table.name, keys))
+    if cached is None:
+        compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(keys))
+        order = tuple(compiled.positiontup or ())
+        processors = compiled._bind_processors  # noqa: SLF001 - conversions we would skip
+        if set(order) != set(keys) or any(processors.get(k) for k in order):
+            conn.execute(table.insert(), rows)  # needs SQLAlchemy's conversions
+            return
+        cached = _INSERTS[(table.name, keys)] = (compiled.string, order)
+    sql, order = cached
+    conn.exec_driver_sql(sql, [tuple(row[k] for k in order) for row in rows])
 
 
 def reading(engine: Engine):  # type: ignore[no-untyped-def]

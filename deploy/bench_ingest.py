@@ -41,16 +41,17 @@ CEILING_OPENS = 4000  # envelopes each ceiling process opens (the first of the p
 
 
 @contextlib.contextmanager
-def _broker(target: SottoSettings | str | None, tmp: Path) -> Iterator[str]:
-    """A bootstrap address: the caller's, ``SOTTO_KAFKA_BOOTSTRAP``, or a LocalKafka we start."""
+def _broker(target: SottoSettings | str | None, tmp: Path) -> Iterator[tuple[str, int | None]]:
+    """A bootstrap address: the caller's, ``SOTTO_KAFKA_BOOTSTRAP``, or a LocalKafka we start;
+    with the broker's process id when we started it (its CPU time is then measured)."""
     if isinstance(target, SottoSettings) and target.kafka_bootstrap:
-        yield target.kafka_bootstrap
+        yield target.kafka_bootstrap, None
         return
     if isinstance(target, str) and target:
-        yield target
+        yield target, None
         return
     if os.environ.get("SOTTO_KAFKA_BOOTSTRAP"):
-        yield os.environ["SOTTO_KAFKA_BOOTSTRAP"]
+        yield os.environ["SOTTO_KAFKA_BOOTSTRAP"], None
         return
     from deploy.kafka_local import LocalKafka, free_ports
 
@@ -58,7 +59,7 @@ def _broker(target: SottoSettings | str | None, tmp: Path) -> Iterator[str]:
     broker = LocalKafka(data_dir=tmp / "kafka", port=port, controller_port=controller_port)
     broker.start()
     try:
-        yield broker.bootstrap
+        yield broker.bootstrap, int(broker.pid_file.read_text().split()[0])
     finally:
         broker.stop()
 
@@ -126,11 +127,28 @@ def _produce(
     return sizes, kept
 
 
-def _measure_pipeline(settings: SottoSettings, n: int, profile: Path | None) -> dict[str, Any]:
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far, from /proc (None elsewhere)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure_pipeline(
+    settings: SottoSettings, n: int, profile: Path | None, broker_pid: int | None
+) -> dict[str, Any]:
+    """Times the pipeline, and the CPU seconds each party spent on it: this process (the
+    consumer, its network thread, the checkpoint), the validation workers, the broker."""
     from ingestion.service import IngestionApp
 
     profiler = cProfile.Profile() if profile else None
     with IngestionApp(settings.policy, "eu", settings.ingest) as app:
+        workers0 = {pid: _cpu_s(pid) or 0.0 for pid in app.pool.pids()}
+        main0, broker0 = time.process_time(), _cpu_s(broker_pid)
         t0 = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -139,11 +157,19 @@ def _measure_pipeline(settings: SottoSettings, n: int, profile: Path | None) -> 
             profiler.disable()
             profiler.dump_stats(str(profile))
         wall = time.perf_counter() - t0
+        main_cpu, broker1 = time.process_time() - main0, _cpu_s(broker_pid)
+        workers_cpu = sum((_cpu_s(pid) or 0.0) - workers0.get(pid, 0.0) for pid in app.pool.pids())
         stats = app.stats
     if stats.accepted != n:
         raise RuntimeError(f"pipeline accepted {stats.accepted} of {n}: {stats.as_dict()}")
     busy = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
-    return {"busy_s": busy, "wall_s": wall, "batches": stats.batches}
+    broker_cpu = None if broker0 is None or broker1 is None else broker1 - broker0
+    return {
+        "busy_s": busy,
+        "wall_s": wall,
+        "batches": stats.batches,
+        "cpu_s": {"main": main_cpu, "workers": workers_cpu, "broker": broker_cpu},
+    }
 
 
 def _measure_raw(settings: SottoSettings, n: int) -> float:
@@ -248,7 +274,7 @@ def run_ingest_bench(
         raise ValueError("n must be positive")
     with (
         tempfile.TemporaryDirectory(prefix="sotto-bench-") as tmp,
-        _broker(target, Path(tmp)) as boot,
+        _broker(target, Path(tmp)) as (boot, broker_pid),
     ):
         settings = _deployment(Path(tmp) / "home", boot, uuid.uuid4().hex[:8])
         if workers is None:  # the bench measures the pool: every usable core
@@ -262,12 +288,19 @@ def run_ingest_bench(
         t0 = time.perf_counter()
         sizes, sample = _produce(settings, n, progress, keep=min(n, CEILING_OPENS))
         produce_s = time.perf_counter() - t0
-        pipe = _measure_pipeline(settings, n, profile)
+        pipe = _measure_pipeline(settings, n, profile, broker_pid)
         cpus = usable_cpus()
         ceiling = _hpke_ceiling(settings, sample, cpus)
         raw_s = _measure_raw(settings, n)
     env_rate = n / pipe["busy_s"]
     raw_rate = n / raw_s
+    # What bounds the ratio: the CPU the pipeline spends per envelope beside the open itself.
+    # An open costs ``cpus / ceiling`` core-seconds; with every party's CPU per envelope
+    # measured, no scheduling can beat ``cpus / total`` envelopes per second.
+    cpu = pipe["cpu_s"]
+    per = {k: (None if v is None else round(v / n * 1e6, 1)) for k, v in cpu.items()}
+    total_us = sum(v for v in per.values() if v is not None)
+    open_us = cpus / ceiling * 1e6
     return {
         "envelopes": n,
         "envelopes_per_s": round(env_rate, 1),
@@ -276,6 +309,9 @@ def run_ingest_bench(
         "workers": settings.ingest.worker_count(),
         "cpus": cpus,
         "loadavg_1min": round(os.getloadavg()[0], 2),
+        "cpu_us_per_envelope": {**per, "total": round(total_us, 1)},
+        "hpke_open_us_per_core": round(open_us, 1),
+        "ratio_to_ceiling_cpu_bound": round(open_us / total_us, 4) if total_us else None,
         "raw_consume_per_s": round(raw_rate, 1),
         "ratio": round(env_rate / raw_rate, 4),
         "envelope_bytes_median": int(statistics.median(sizes)),

@@ -225,7 +225,7 @@ def run_round_bench(
     t_bench = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="sotto-bench-round-") as tmp,
-        _broker(bootstrap, Path(tmp)) as boot,
+        _broker(bootstrap, Path(tmp)) as (boot, _),
     ):
         out = _run(
             Path(tmp),

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Engine, select
 
-from backend.storage import reading
+from backend.storage import insert_many, reading
 from ingestion.db import audit_log
 
 GENESIS = "0" * 64
@@ -128,7 +128,7 @@ def append(conn: Connection, region: str, events: list[AuditEvent]) -> int:
     if not events:
         return chain_head(conn, region)[0]
     rows = build_rows(region, chain_head(conn, region), events)
-    conn.execute(audit_log.insert(), rows)
+    insert_many(conn, audit_log, rows)
     return int(rows[-1]["seq"])
 
 

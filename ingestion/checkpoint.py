@@ -33,6 +33,7 @@ from sqlalchemy import Connection, Engine, Table
 
 from backend.checkpoint import Checkpoint
 from backend.errors import CheckpointError
+from backend.storage import insert_many
 from ingestion import aggregates, audit, round_sink
 from ingestion.audit import AuditEvent
 from ingestion.db import consumer_offsets, seen_messages
@@ -227,8 +228,9 @@ class BatchCheckpoint(Checkpoint):
 
     def _write(self, conn: Connection) -> None:
         if self.accepted or self.late:
-            conn.execute(
-                seen_messages.insert(),
+            insert_many(
+                conn,
+                seen_messages,
                 [
                     {
                         "region": self.region,

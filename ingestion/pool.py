@@ -39,6 +39,7 @@ from typing import Any
 
 import structlog
 
+from backend import gc_policy
 from ingestion.validator import Keyring, Rejected, Validator, Verdict
 from privacy.keys import KeySet, PrivateKey
 from privacy.policy import RegionPolicy
@@ -71,9 +72,17 @@ class WorkerSpec:
     private: dict[str, bytes] = field(repr=False)
     owners: dict[str, str]
     max_bytes: int
+    gc_gen0_threshold: int = 0  # see backend.gc_policy (0: the interpreter's defaults)
 
     @classmethod
-    def of(cls, region: str, policy: RegionPolicy, keys: Keyring, max_bytes: int) -> WorkerSpec:
+    def of(
+        cls,
+        region: str,
+        policy: RegionPolicy,
+        keys: Keyring,
+        max_bytes: int,
+        gc_gen0_threshold: int = 0,
+    ) -> WorkerSpec:
         return cls(
             region=region,
             policy=policy,
@@ -81,6 +90,7 @@ class WorkerSpec:
             private={kid: k.raw_bytes() for kid, k in keys.private.items()},
             owners=dict(keys.owners),
             max_bytes=max_bytes,
+            gc_gen0_threshold=gc_gen0_threshold,
         )
 
     def validator(self) -> Validator:
@@ -98,6 +108,7 @@ def _init_worker(spec: WorkerSpec) -> None:
     global _validator
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _validator = spec.validator()
+    gc_policy.tune(spec.gc_gen0_threshold)
 
 
 def judge_chunk(items: Sequence[Item]) -> list[Verdict]:

@@ -31,7 +31,7 @@ from kafka import (
 )
 from kafka.errors import CorruptRecordError
 
-from backend import keystore
+from backend import gc_policy, keystore
 from backend.consumer_app import DurableConsumerApp, SeekFromDatabase
 from ingestion import audit
 from ingestion.checkpoint import BatchCheckpoint, DeadLetterError
@@ -141,6 +141,7 @@ class IngestionApp(DurableConsumerApp):
         self._producer = self._dlq_producer()
         self._pool.warm()
         self._open_consumer()
+        gc_policy.tune(self.settings.gc_gen0_threshold)  # start-up done: see backend.gc_policy
         self._log.info("ingestion_started", topics=self.topics, workers=self._pool.state.workers)
         return self
 
@@ -222,7 +223,11 @@ class IngestionApp(DurableConsumerApp):
 
     def _worker_spec(self) -> WorkerSpec:
         return WorkerSpec.of(
-            self.region, self.policy, self._keys.keyring, self.settings.max_envelope_bytes
+            self.region,
+            self.policy,
+            self._keys.keyring,
+            self.settings.max_envelope_bytes,
+            self.settings.gc_gen0_threshold,
         )
 
     def _new_pool(self) -> ValidatorPool:

@@ -101,6 +101,17 @@ class IngestSettings(BaseModel):
             "and dead-lettered as `internal_error`, like one that crashes it).",
         ),
     ] = 60.0
+    gc_gen0_threshold: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Allocations between two collections of the garbage collector's "
+            "youngest generation in the ingestion process and its validation workers; the "
+            "heap built at start-up is frozen first (0: Python's defaults; measured in "
+            "docs/benchmarks.md, the default cuts the main process's CPU per envelope by a "
+            "third).",
+        ),
+    ] = 20000
     group_prefix: str = Field(
         "sotto-ingest",
         description="Consumer group prefix; the group is `<prefix>-<region>`. Replicas of "

@@ -19,7 +19,8 @@ Replay needs database state and is the processor's job (in-batch set + ``seen_me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import privacy.round_wire  # noqa: F401  (registers the SecAgg+ payload types)
 from privacy.envelope import AnyEnvelope, check_route, open_payload, parse
@@ -27,6 +28,20 @@ from privacy.errors import EnvelopeRejected
 from privacy.keys import KeySet, PrivateKey
 from privacy.policy import RegionPolicy
 from privacy.wire import RejectReason, RoundSummary
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _by_position(self: Any) -> tuple[Any, ...]:
+    """Pickle a verdict as its class and field values. Why: verdicts cross from the
+    validation workers in bulk, and the ``__getstate__`` that dataclasses give slotted
+    classes calls ``dataclasses.fields`` for every object (a visible share of the pool's
+    result thread)."""
+    cls = type(self)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    return cls, tuple(getattr(self, n) for n in names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +51,8 @@ class Accepted:
     envelope: AnyEnvelope
     summary: RoundSummary
 
+    __reduce__ = _by_position
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
@@ -44,6 +61,8 @@ class Rejected:
     reason: RejectReason
     detail: str
     envelope: AnyEnvelope | None = None
+
+    __reduce__ = _by_position
 
 
 Verdict = Accepted | Rejected
