@@ -16,6 +16,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -35,7 +36,7 @@ from deploy.settings import SottoSettings
 from ingestion.aggregates import aggregates
 from ingestion.audit import verify_chain
 from ingestion.checkpoint import BatchCheckpoint, DeadLetterError
-from ingestion.db import audit_log
+from ingestion.db import audit_log, open_database
 from ingestion.service import IngestionApp
 from ingestion.topics import ensure_region_topics
 from ingestion.validator import Rejected
@@ -906,11 +907,15 @@ class _FlushRaises:
         raise KafkaTimeoutError("flush")
 
 
-def test_a_raising_flush_is_a_dead_letter_failure_that_keeps_the_acknowledged() -> None:
+def test_a_raising_flush_is_a_dead_letter_failure_that_keeps_the_acknowledged(
+    tmp_path: Path,
+) -> None:
     cp = BatchCheckpoint(region="eu", group_id="g", dead_letter_topic="dlq", now=utcnow())
     for offset in (3, 4):
         cp.reject(Rejected(RejectReason.MALFORMED, "x"), b"x", "ingest", 0, offset)
     heard: set[Coord] = set()
+    engine = open_database(f"sqlite:///{tmp_path / 'eu.db'}")  # the fence is read first
     with pytest.raises(DeadLetterError, match=r"1 dead letter\(s\) not acknowledged"):
-        cp.commit(producer=_FlushRaises(), engine=None, on_dead_lettered=heard.update)  # type: ignore[arg-type]
+        cp.commit(producer=_FlushRaises(), engine=engine, on_dead_lettered=heard.update)  # type: ignore[arg-type]
+    engine.dispose()
     assert heard == {("ingest", 0, 3)}  # the retry does not produce it again
