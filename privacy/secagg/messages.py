@@ -13,10 +13,11 @@ server to receive.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, GetCoreSchemaHandler, model_validator
+from pydantic_core import core_schema
 
 from privacy import prg
 from privacy.credential import DeviceCredential
@@ -168,6 +169,38 @@ class SealedShare(Frozen):
     ct: Annotated[bytes, Field(max_length=256)]
 
 
+class ForwardedShare(NamedTuple):
+    """One sealed share pair as the server forwards it: ``peer`` is the sender.
+
+    Why a tuple and not a :class:`SealedShare`: the server builds n * k of them per round,
+    its largest object count, and a model instance (object, field dict, field set, each
+    tracked by the garbage collector) cost it 3-4 µs apiece where a tuple costs a tenth of
+    that. The wire form is a :class:`SealedShare`'s, byte for byte, and anything that does
+    not come as one of these tuples (a dict off the wire, another object) is validated as a
+    :class:`SealedShare` first, so a device checks forwarded shares exactly as before."""
+
+    peer: int
+    nonce: bytes
+    ct: bytes
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        as_sealed = core_schema.no_info_after_validator_function(
+            lambda m: cls(m.peer, m.nonce, m.ct), handler.generate_schema(SealedShare)
+        )
+        return core_schema.json_or_python_schema(
+            json_schema=as_sealed,
+            python_schema=core_schema.no_info_wrap_validator_function(
+                lambda v, validate: v if isinstance(v, cls) else validate(v), as_sealed
+            ),
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda s: {"peer": s[0], "nonce": s[1], "ct": s[2]}
+            ),
+        )
+
+
 class EncryptedShares(Msg):
     """Stage 1 reply, client -> server: one sealed share pair per neighbour."""
 
@@ -181,7 +214,7 @@ class ForwardedShares(Msg):
 
     type: Literal["secagg_forward"] = "secagg_forward"
     to: Cid
-    shares: tuple[SealedShare, ...]
+    shares: tuple[ForwardedShare, ...]
 
 
 class MaskedInput(Msg):

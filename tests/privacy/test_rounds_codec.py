@@ -4,6 +4,8 @@ JSON, JSON from an older coordinator is still read, and bad bytes are a Validati
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 import pytest
 from pydantic import ValidationError
@@ -20,7 +22,7 @@ from privacy.round_wire import (
     round_id_for,
     rounds_message_bytes,
 )
-from privacy.secagg.messages import RoundParams
+from privacy.secagg.messages import ForwardedShare, ForwardedShares, RoundParams, SealedShare
 
 from .helpers import make_client, make_inputs, make_server
 
@@ -102,3 +104,30 @@ def test_every_rounds_message_roundtrips_in_both_codecs() -> None:
 def test_bad_rounds_bytes_are_validation_errors(raw: bytes) -> None:
     with pytest.raises(ValidationError):
         parse_rounds_message(raw)
+
+
+def test_forwarded_shares_keep_the_sealed_share_wire_form() -> None:
+    """The server forwards shares as tuples (``ForwardedShare``), not ``SealedShare`` models:
+    both codecs write exactly the bytes the models gave, a device reads them back as the same
+    message, and off the wire each share is checked as a ``SealedShare`` is."""
+    forward = server_messages()[1]
+    assert forward.shares and all(type(s) is ForwardedShare for s in forward.shares)
+    as_models = ForwardedShares(
+        round_id=forward.round_id,
+        to=forward.to,
+        shares=tuple(SealedShare(peer=s.peer, nonce=s.nonce, ct=s.ct) for s in forward.shares),
+    )
+    assert as_models == forward  # models given to the constructor become the same tuples
+    assert rounds_message_bytes(as_models) == rounds_message_bytes(forward)
+    assert as_models.model_dump_json() == forward.model_dump_json()
+    first = forward.model_dump(mode="json")["shares"][0]
+    assert list(first) == ["peer", "nonce", "ct"]
+    for edit in ({"peer": -1}, {"nonce": "AAAA"}, {"ct": "A" * 400}, {"extra": 1}):
+        raw = forward.model_dump(mode="json")
+        raw["shares"][0] = {**first, **edit}
+        with pytest.raises(ValidationError):
+            ForwardedShares.model_validate_json(json.dumps(raw))
+        with pytest.raises(ValidationError):
+            parse_rounds_message(json.dumps(raw).encode())
+    with pytest.raises(ValidationError):  # a bare tuple is not a share
+        ForwardedShares(round_id=forward.round_id, to=forward.to, shares=((1, b"n" * 12, b"c"),))

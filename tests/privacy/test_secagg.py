@@ -289,7 +289,7 @@ def test_tampered_share_ciphertext_aborts_the_recipient() -> None:
     fwd = server.close_stage()[0]
     first = fwd.shares[0]
     bad = fwd.model_copy(
-        update={"shares": (first.model_copy(update={"ct": bytes(len(first.ct))}),) + fwd.shares[1:]}
+        update={"shares": (first._replace(ct=bytes(len(first.ct))),) + fwd.shares[1:]}
     )
     with pytest.raises(RemoteProtocolError, match="share_auth_failed"):
         clients[fwd.to].receive(bad)
