@@ -37,7 +37,7 @@ from privacy.credential import CredentialVerifier, verify_signature
 from privacy.errors import LocalProtocolError, ProtocolError, ProtocolReason, RemoteProtocolError
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
 from privacy.secagg import crypto
-from privacy.secagg.graph import neighbour_graph
+from privacy.secagg.graph import neighbour_ring, ring_graph
 from privacy.secagg.messages import (
     AdvertiseKeys,
     ClientToServer,
@@ -105,6 +105,7 @@ class SecAggServer:
         self._signers: dict[int, ed25519.Ed25519PublicKey] = {}  # cid -> credential key
         self._credentials: set[bytes] = set()
         self._graph: dict[int, frozenset[int]] = {}
+        self._ring: list[int] = []  # U1 in the graph's ring order (ring neighbours are linked)
         self._shares: dict[int, tuple[SealedShare, ...]] = {}  # U2: sender -> sealed shares
         self._u2: frozenset[int] = frozenset()
         self._sum = np.zeros(params.dim, dtype=self._dtype)
@@ -113,9 +114,10 @@ class SecAggServer:
         self._dropped: frozenset[int] = frozenset()
         self._survivors: tuple[int, ...] = ()  # U3 sorted, shared by every message naming it
         self._survivor_digest = b""  # what each survivor signs: computed once, not per signer
-        # owner -> [(x, y)] in arrival order (plain pairs: ~k per client, no objects each)
-        self._seed_shares: dict[int, list[tuple[int, int]]] = {}
-        self._key_shares: dict[int, list[tuple[int, int]]] = {}
+        # owner -> {x: y} in arrival order (~k per client, no objects each; the keys are the
+        # points a set of holders is picked from, see _share_plan)
+        self._seed_shares: dict[int, dict[int, int]] = {}
+        self._key_shares: dict[int, dict[int, int]] = {}
         self._lagrange = shamir.LagrangeCache()
         self._set_sigs: dict[int, bytes] = {}  # U4: signer -> signature over U3
         self._asked: frozenset[int] = frozenset()  # who got an unmask request
@@ -257,9 +259,9 @@ class SecAggServer:
             )
         x = j + 1
         for owner, y in seed:
-            self._seed_shares.setdefault(owner, []).append((x, y))
+            self._seed_shares.setdefault(owner, {})[x] = y
         for owner, y in keys:
-            self._key_shares.setdefault(owner, []).append((x, y))
+            self._key_shares.setdefault(owner, {})[x] = y
         self._answered.add(j)
 
     # -- closing stages --------------------------------------------------------------------
@@ -321,7 +323,8 @@ class SecAggServer:
             raise RoundAborted(
                 p.round_id, "collect_keys", f"only {k} neighbours possible < t={p.t}"
             )
-        self._graph = neighbour_graph(u1, k, self._rng)
+        self._ring = neighbour_ring(u1, k, self._rng)
+        self._graph = ring_graph(self._ring, k)
         peer = {c: PeerKeys.of(self._adverts[c]) for c in u1}  # once each, not once per reader
         # Built without re-validating: validated PeerKeys, ids from this server's own graph.
         return [
@@ -418,18 +421,22 @@ class SecAggServer:
             return lambda s: s == crypto.clamp(s) and _public_of(s) == pk
 
         peer_pk: dict[int, x25519.X25519PublicKey] = {}  # a survivor's key, parsed once
-        owners = [(i, True) for i in self._survivors] + [(i, False) for i in sorted(self._dropped)]
+        u3, dropped = self._u3, self._dropped
+        owners = [i for i in self._ring if i in u3 or i in dropped]
+        plan = self._share_plan(owners)
         for at in range(0, len(owners), _PREFETCH):
             chunk = owners[at : at + _PREFETCH]
-            self._prefetch([self._shares_of(i, seed) for i, seed in chunk])
-            for i, is_survivor in chunk:
-                if is_survivor:
+            self._lagrange.prefetch([xs for i in chunk if (xs := plan[i])])
+            for i in chunk:
+                if i in u3:
                     seed = self._reconstruct(
-                        i, self._seed_shares.get(i, []), "self-mask seed", seed_ok(i)
+                        i, self._seed_shares.get(i, {}), plan[i], "self-mask seed", seed_ok(i)
                     )
                     total -= crypto.self_mask(seed, p.round_id, p.dim, p.bits)
                     continue
-                raw = self._reconstruct(i, self._key_shares.get(i, []), "pairwise key", key_ok(i))
+                raw = self._reconstruct(
+                    i, self._key_shares.get(i, {}), plan[i], "pairwise key", key_ok(i)
+                )
                 sk = x25519.X25519PrivateKey.from_private_bytes(raw)
                 for j in sorted(self._graph[i] & self._u3):
                     pk = peer_pk.get(j)
@@ -451,50 +458,81 @@ class SecAggServer:
         self._wipe()
         return result
 
-    def _shares_of(self, owner: int, seed: bool) -> list[tuple[int, int]]:
-        return (self._seed_shares if seed else self._key_shares).get(owner, [])
+    def _share_plan(self, owners: list[int]) -> dict[int, tuple[int, ...]]:
+        """The ``t`` points each owner's secret is first rebuilt from: the same tuple for runs
+        of owners next to each other in ``owners`` (the ring order); ``()`` for an owner with
+        fewer than ``t`` usable shares (:meth:`_reconstruct` aborts on it).
 
-    def _prefetch(self, share_lists: list[list[tuple[int, int]]]) -> None:
-        """Compute, in one batch, the Lagrange weights of the sets :meth:`_reconstruct` will
-        try first (the first ``t`` usable shares of each owner)."""
+        Why: the Lagrange weights cost O(t) field operations per distinct set of points, and
+        were the largest cost of the unmask stage after the key exchanges. Owners adjacent in
+        the ring have all but a few of their holders in common, so a greedy run of owners
+        (extended while the holders they all have number at least ``t``: about k/8 owners at
+        10 % dropout) is rebuilt from one set of points and one set of weights. Which ``t``
+        honest shares is immaterial to the result, and :meth:`_reconstruct` checks it and
+        searches the spares the same way whichever points come first."""
         t, cheaters = self.params.t, self._cheaters
-        sets = []
-        for shares in share_lists:
-            usable = [s for s in shares if s[0] - 1 not in cheaters] if cheaters else shares
-            if len(usable) >= t:
-                sets.append(tuple(x for x, _ in usable[:t]))
-        self._lagrange.prefetch(sets)
+        points: list[set[int]] = []
+        for i in owners:
+            xs = set((self._seed_shares if i in self._u3 else self._key_shares).get(i, ()))
+            points.append({x for x in xs if x - 1 not in cheaters} if cheaters else xs)
+        plan: dict[int, tuple[int, ...]] = {}
+        at = 0
+        while at < len(owners):
+            common = points[at]
+            end = at + 1
+            while end < len(owners):
+                both = common & points[end]
+                if len(both) < t:
+                    break
+                common, end = both, end + 1
+            chosen = tuple(sorted(common)[:t]) if len(common) >= t else ()
+            for i in owners[at:end]:
+                plan[i] = chosen
+            at = end
+        return plan
 
     def _reconstruct(
         self,
         owner: int,
-        shares: list[tuple[int, int]],
+        shares: dict[int, int],
+        first: tuple[int, ...],
         what: str,
         check: Callable[[bytes], bool],
     ) -> bytes:
-        """Rebuild from the first ``t`` shares (in arrival order) and check it against the
-        owner's commitment; on a mismatch leave out one of the used shares at a time (a spare
-        takes its place): the one whose absence fixes it came from a cheating holder, who is
+        """Rebuild from the ``t`` points ``first`` (or, when one of them is no longer usable,
+        from the first ``t`` shares in arrival order) and check it against the owner's
+        commitment; on a mismatch leave out one of the used shares at a time (a spare takes
+        its place): the one whose absence fixes it came from a cheating holder, who is
         excluded from then on."""
         p = self.params
         cheaters = self._cheaters
-        usable = [s for s in shares if s[0] - 1 not in cheaters] if cheaters else shares
-        if len(usable) < p.t:
-            raise RoundAborted(
-                p.round_id,
-                "collect_unmask",
-                f"client {owner}: {len(usable)} {what} shares < t={p.t}",
-            )
-        secret = _combine_checked(usable[: p.t], p.t, check, self._lagrange)
-        if secret is not None:
-            return secret
+        if len(first) == p.t and not (cheaters and any(x - 1 in cheaters for x in first)):
+            # first comes from these very shares (_share_plan): only a cheater found since
+            # can have made one of them unusable.
+            secret = _combine_checked([(x, shares[x]) for x in first], p.t, check, self._lagrange)
+            if secret is not None:
+                return secret
+            chosen = set(first)
+            usable = [*first, *(x for x in shares if x not in chosen and x - 1 not in cheaters)]
+        else:
+            usable = [x for x in shares if x - 1 not in cheaters]
+            if len(usable) < p.t:
+                raise RoundAborted(
+                    p.round_id,
+                    "collect_unmask",
+                    f"client {owner}: {len(usable)} {what} shares < t={p.t}",
+                )
+            points = [(x, shares[x]) for x in usable[: p.t]]
+            secret = _combine_checked(points, p.t, check, self._lagrange)
+            if secret is not None:
+                return secret
         for suspect in usable[: p.t]:
-            rest = [s for s in usable if s is not suspect]
+            rest = [x for x in usable if x != suspect][: p.t]
             if len(rest) < p.t:
                 break
-            secret = _combine_checked(rest[: p.t], p.t, check, self._lagrange)
+            secret = _combine_checked([(x, shares[x]) for x in rest], p.t, check, self._lagrange)
             if secret is not None:
-                self._cheaters.add(suspect[0] - 1)
+                self._cheaters.add(suspect - 1)
                 return secret
         raise RoundAborted(
             p.round_id,
