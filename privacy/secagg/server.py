@@ -343,12 +343,11 @@ class SecAggServer:
         # n * k forwarded shares, the server's largest object count: plain tuples (see
         # ForwardedShare), each message built without re-validating them.
         inbox: dict[int, list[ForwardedShare]] = {c: [] for c in self._u2}
-        new = tuple.__new__  # ForwardedShare(...) less its Python-level __new__
         for sender in sorted(self._u2):
             for s in self._shares[sender]:
                 got = inbox.get(s.peer)
                 if got is not None:
-                    got.append(new(ForwardedShare, (sender, s.nonce, s.ct)))
+                    got.append((sender, s.nonce, s.ct))
         self._shares = {}
         for c, got in inbox.items():
             if len(got) < p.t:

@@ -22,7 +22,7 @@ from privacy.round_wire import (
     round_id_for,
     rounds_message_bytes,
 )
-from privacy.secagg.messages import ForwardedShare, ForwardedShares, RoundParams, SealedShare
+from privacy.secagg.messages import ForwardedShares, RoundParams, SealedShare
 
 from .helpers import make_client, make_inputs, make_server
 
@@ -107,17 +107,21 @@ def test_bad_rounds_bytes_are_validation_errors(raw: bytes) -> None:
 
 
 def test_forwarded_shares_keep_the_sealed_share_wire_form() -> None:
-    """The server forwards shares as tuples (``ForwardedShare``), not ``SealedShare`` models:
+    """The server forwards shares as ``(peer, nonce, ct)`` tuples, not ``SealedShare`` models:
     both codecs write exactly the bytes the models gave, a device reads them back as the same
-    message, and off the wire each share is checked as a ``SealedShare`` is."""
+    message, and whatever a ``ForwardedShares`` is built or parsed from is checked as a
+    ``SealedShare`` is."""
     forward = server_messages()[1]
-    assert forward.shares and all(type(s) is ForwardedShare for s in forward.shares)
+    assert forward.shares and all(type(s) is tuple for s in forward.shares)
     as_models = ForwardedShares(
         round_id=forward.round_id,
         to=forward.to,
-        shares=tuple(SealedShare(peer=s.peer, nonce=s.nonce, ct=s.ct) for s in forward.shares),
+        shares=tuple(SealedShare(peer=p, nonce=n, ct=c) for p, n, c in forward.shares),
     )
     assert as_models == forward  # models given to the constructor become the same tuples
+    assert ForwardedShares(round_id=forward.round_id, to=forward.to, shares=forward.shares) == (
+        forward
+    )
     assert rounds_message_bytes(as_models) == rounds_message_bytes(forward)
     assert as_models.model_dump_json() == forward.model_dump_json()
     first = forward.model_dump(mode="json")["shares"][0]
@@ -129,5 +133,7 @@ def test_forwarded_shares_keep_the_sealed_share_wire_form() -> None:
             ForwardedShares.model_validate_json(json.dumps(raw))
         with pytest.raises(ValidationError):
             parse_rounds_message(json.dumps(raw).encode())
-    with pytest.raises(ValidationError):  # a bare tuple is not a share
-        ForwardedShares(round_id=forward.round_id, to=forward.to, shares=((1, b"n" * 12, b"c"),))
+    peer, nonce, ct = forward.shares[0]
+    for bad in ((-1, nonce, ct), (peer, nonce[:5], ct), (peer, nonce, bytes(300)), (peer, nonce)):
+        with pytest.raises(ValidationError):
+            ForwardedShares(round_id=forward.round_id, to=forward.to, shares=(bad,))

@@ -316,9 +316,7 @@ def test_tampered_share_ciphertext_aborts_the_recipient() -> None:
         server.receive(clients[m.to].receive(m))
     fwd = server.close_stage()[0]
     first = fwd.shares[0]
-    bad = fwd.model_copy(
-        update={"shares": (first._replace(ct=bytes(len(first.ct))),) + fwd.shares[1:]}
-    )
+    bad = fwd.model_copy(update={"shares": ((*first[:2], bytes(len(first[2]))),) + fwd.shares[1:]})
     with pytest.raises(RemoteProtocolError, match="share_auth_failed"):
         clients[fwd.to].receive(bad)
     assert clients[fwd.to].state == ClientState.ABORTED
