@@ -420,6 +420,7 @@ class SecAggServer:
             return lambda s: s == crypto.clamp(s) and _public_of(s) == pk
 
         peer_pk: dict[int, x25519.X25519PublicKey] = {}  # a survivor's key, parsed once
+        buf = prg.Expander(p.dim, p.bits)  # each mask is subtracted before the next is made
         u3, dropped = self._u3, self._dropped
         owners = [i for i in self._ring if i in u3 or i in dropped]
         plan = self._share_plan(owners)
@@ -431,7 +432,7 @@ class SecAggServer:
                     seed = self._reconstruct(
                         i, self._seed_shares.get(i, {}), plan[i], "self-mask seed", seed_ok(i)
                     )
-                    total -= crypto.self_mask(seed, p.round_id, p.dim, p.bits)
+                    total -= crypto.self_mask(seed, p.round_id, p.dim, p.bits, buf)
                     continue
                 raw = self._reconstruct(
                     i, self._key_shares.get(i, {}), plan[i], "pairwise key", key_ok(i)
@@ -443,9 +444,9 @@ class SecAggServer:
                         pk = peer_pk[j] = x25519.X25519PublicKey.from_public_bytes(self._keys[j][0])
                     seed = crypto.pair_seed(sk, pk, p.round_id, i, j)
                     if j < i:  # survivor j added +mask for j < i, else -mask
-                        total -= crypto.pair_mask(seed, p.dim, p.bits)
+                        total -= crypto.pair_mask(seed, p.dim, p.bits, buf)
                     else:
-                        total += crypto.pair_mask(seed, p.dim, p.bits)
+                        total += crypto.pair_mask(seed, p.dim, p.bits, buf)
         total &= mod
         result = AggregateResult(
             total,
