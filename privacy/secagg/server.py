@@ -252,16 +252,22 @@ class SecAggServer:
             )
         if len(seed_set) != len(seed_owners) or len(key_set) != len(key_owners):
             raise RemoteProtocolError(ProtocolReason.BAD_UNMASK, f"{who}: repeated share owners")
-        seed, keys = _share_values(msg.seed_shares), _share_values(msg.key_shares)
+        seed, keys = _field_values(msg.seed_shares), _field_values(msg.key_shares)
         if seed is None or keys is None:
             raise RemoteProtocolError(
                 ProtocolReason.BAD_UNMASK, f"{who}: share value outside the field"
             )
         x = j + 1
-        for owner, y in seed:
-            self._seed_shares.setdefault(owner, {})[x] = y
-        for owner, y in keys:
-            self._key_shares.setdefault(owner, {})[x] = y
+        for store, owners, ys in (
+            (self._seed_shares, seed_owners, seed),
+            (self._key_shares, key_owners, keys),
+        ):
+            for owner, y in zip(owners, ys, strict=True):
+                got = store.get(owner)
+                if got is None:
+                    store[owner] = {x: y}
+                else:
+                    got[x] = y
         self._answered.add(j)
 
     # -- closing stages --------------------------------------------------------------------
@@ -546,17 +552,14 @@ class SecAggServer:
         self._key_shares = {}
 
 
-def _share_values(shares: tuple[ShareValue, ...]) -> list[tuple[int, int]] | None:
-    """``(owner, y)`` per share, or None when one is not a 33-byte field element."""
-    out = []
-    for s in shares:
-        if len(s.y) != shamir.SHARE_BYTES:
-            return None
-        y = int.from_bytes(s.y, "big")
-        if y >= shamir.PRIME:
-            return None
-        out.append((s.owner, y))
-    return out
+def _field_values(shares: tuple[ShareValue, ...]) -> list[int] | None:
+    """The share values, or None when one is not a 33-byte field element (checked here too:
+    an in-process message may not have been validated)."""
+    raw = [s.y for s in shares]
+    if not set(map(len, raw)) <= {shamir.SHARE_BYTES}:
+        return None
+    ys = [int.from_bytes(r, "big") for r in raw]
+    return ys if not ys or max(ys) < shamir.PRIME else None
 
 
 def _public_of(raw: bytes) -> bytes:
