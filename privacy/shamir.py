@@ -12,7 +12,8 @@ are computed in O(t) field operations after an O(t^2) product of *small* integer
 points are client ids + 1, so the pairwise differences fit machine words and numpy multiplies
 them exactly, for a whole batch of point sets in one pass), with one modular inversion per
 batch; :class:`LagrangeCache` keeps them per set of points, which a complete graph (every
-owner's holders are the same clients) reuses.
+owner's holders are the same clients) reuses, and so does the SecAgg+ server, which rebuilds
+runs of ring neighbours from one common set of holders.
 """
 
 from __future__ import annotations

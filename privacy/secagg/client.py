@@ -225,7 +225,7 @@ class SecAggClient:
 
     def _on_forwarded(self, msg: ForwardedShares) -> MaskedInput:
         p = self.params
-        senders = [s.peer for s in msg.shares]
+        senders = [peer for peer, _, _ in msg.shares]
         if len(set(senders)) != len(senders) or not set(senders) <= self._neighbours.keys():
             raise RemoteProtocolError(
                 ProtocolReason.BAD_FORWARD,
@@ -241,17 +241,17 @@ class SecAggClient:
                 f"{self._who()}: shares from {len(senders)} neighbours < t={p.t}",
             )
         held: dict[int, tuple[bytes, bytes]] = {}
-        for s in msg.shares:
+        for peer, nonce, ct in msg.shares:
             aead = crypto.share_key(
-                self._enc_sk, self._neighbours[s.peer][1], p.round_id, s.peer, self.cid
+                self._enc_sk, self._neighbours[peer][1], p.round_id, peer, self.cid
             )
-            opened = crypto.open_shares(aead, s.nonce, s.ct, p.round_id, s.peer, self.cid)
+            opened = crypto.open_shares(aead, nonce, ct, p.round_id, peer, self.cid)
             if opened is None:
                 raise RemoteProtocolError(
                     ProtocolReason.SHARE_AUTH_FAILED,
-                    f"{self._who()}: sealed share from client {s.peer} is not authentic",
+                    f"{self._who()}: sealed share from client {peer} is not authentic",
                 )
-            held[s.peer] = opened
+            held[peer] = opened
         self._held = held
         # Pairwise masks only with neighbours the server says shared their keys (set U2).
         masked = self._input + crypto.self_mask(self._seed, p.round_id, p.dim, p.bits)

@@ -169,9 +169,19 @@ def open_shares(
     return seed_y, key_y
 
 
-def self_mask(seed: bytes, round_id: str, dim: int, bits: int) -> np.ndarray:
-    return prg.expand(seed, dim, bits, b"sotto-secagg|v1|self|" + round_id.encode())
+_PAIR_MASK = b"sotto-secagg|v1|pairmask"
 
 
-def pair_mask(seed: bytes, dim: int, bits: int) -> np.ndarray:
-    return prg.expand(seed, dim, bits, b"sotto-secagg|v1|pairmask")
+def self_mask(
+    seed: bytes, round_id: str, dim: int, bits: int, into: prg.Expander | None = None
+) -> np.ndarray:
+    """The self mask; with ``into`` (made for ``dim`` and ``bits``) in its reused buffer."""
+    label = b"sotto-secagg|v1|self|" + round_id.encode()
+    return into.expand(seed, label) if into is not None else prg.expand(seed, dim, bits, label)
+
+
+def pair_mask(seed: bytes, dim: int, bits: int, into: prg.Expander | None = None) -> np.ndarray:
+    """The pairwise mask of a :func:`pair_seed`; ``into`` as for :func:`self_mask`."""
+    if into is not None:
+        return into.expand(seed, _PAIR_MASK)
+    return prg.expand(seed, dim, bits, _PAIR_MASK)

@@ -22,19 +22,32 @@ def shuffled(ids: Sequence[int], rng: Randomness) -> list[int]:
     return out
 
 
-def neighbour_graph(
-    ids: Sequence[int], k: int, rng: Randomness = DEFAULT_RANDOMNESS
-) -> dict[int, frozenset[int]]:
-    """A random k-regular graph on ``ids`` (complete if ``k >= len(ids) - 1``)."""
+def neighbour_ring(ids: Sequence[int], k: int, rng: Randomness = DEFAULT_RANDOMNESS) -> list[int]:
+    """The ids in the order :func:`ring_graph` links them: a random permutation (the sorted
+    ids for the complete graph, which draws nothing)."""
     ids = sorted(set(ids))
-    n = len(ids)
-    if k >= n - 1:
-        return {i: frozenset(j for j in ids if j != i) for i in ids}
+    if k >= len(ids) - 1:
+        return ids
     if k % 2:
         raise ValueError("k must be even for a Harary graph below the complete graph")
-    ring = shuffled(ids, rng)
+    return shuffled(ids, rng)
+
+
+def ring_graph(ring: Sequence[int], k: int) -> dict[int, frozenset[int]]:
+    """Each id linked to the ``k/2`` nearest on each side of it in ``ring`` (complete if
+    ``k >= len(ring) - 1``)."""
+    n = len(ring)
+    if k >= n - 1:
+        return {i: frozenset(j for j in ring if j != i) for i in ring}
     half = k // 2
     return {
         ring[p]: frozenset(ring[(p + d) % n] for d in range(-half, half + 1) if d != 0)
         for p in range(n)
     }
+
+
+def neighbour_graph(
+    ids: Sequence[int], k: int, rng: Randomness = DEFAULT_RANDOMNESS
+) -> dict[int, frozenset[int]]:
+    """A random k-regular graph on ``ids`` (complete if ``k >= len(ids) - 1``)."""
+    return ring_graph(neighbour_ring(ids, k, rng), k)

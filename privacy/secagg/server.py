@@ -37,13 +37,14 @@ from privacy.credential import CredentialVerifier, verify_signature
 from privacy.errors import LocalProtocolError, ProtocolError, ProtocolReason, RemoteProtocolError
 from privacy.rand import DEFAULT_RANDOMNESS, Randomness
 from privacy.secagg import crypto
-from privacy.secagg.graph import neighbour_graph
+from privacy.secagg.graph import neighbour_ring, ring_graph
 from privacy.secagg.messages import (
     AdvertiseKeys,
     ClientToServer,
     ConsistencyRequest,
     ConsistencySignature,
     EncryptedShares,
+    ForwardedShare,
     ForwardedShares,
     MaskedInput,
     NeighbourKeys,
@@ -104,6 +105,7 @@ class SecAggServer:
         self._signers: dict[int, ed25519.Ed25519PublicKey] = {}  # cid -> credential key
         self._credentials: set[bytes] = set()
         self._graph: dict[int, frozenset[int]] = {}
+        self._ring: list[int] = []  # U1 in the graph's ring order (ring neighbours are linked)
         self._shares: dict[int, tuple[SealedShare, ...]] = {}  # U2: sender -> sealed shares
         self._u2: frozenset[int] = frozenset()
         self._sum = np.zeros(params.dim, dtype=self._dtype)
@@ -112,9 +114,10 @@ class SecAggServer:
         self._dropped: frozenset[int] = frozenset()
         self._survivors: tuple[int, ...] = ()  # U3 sorted, shared by every message naming it
         self._survivor_digest = b""  # what each survivor signs: computed once, not per signer
-        # owner -> [(x, y)] in arrival order (plain pairs: ~k per client, no objects each)
-        self._seed_shares: dict[int, list[tuple[int, int]]] = {}
-        self._key_shares: dict[int, list[tuple[int, int]]] = {}
+        # owner -> {x: y} in arrival order (~k per client, no objects each; the keys are the
+        # points a set of holders is picked from, see _share_plan)
+        self._seed_shares: dict[int, dict[int, int]] = {}
+        self._key_shares: dict[int, dict[int, int]] = {}
         self._lagrange = shamir.LagrangeCache()
         self._set_sigs: dict[int, bytes] = {}  # U4: signer -> signature over U3
         self._asked: frozenset[int] = frozenset()  # who got an unmask request
@@ -249,16 +252,22 @@ class SecAggServer:
             )
         if len(seed_set) != len(seed_owners) or len(key_set) != len(key_owners):
             raise RemoteProtocolError(ProtocolReason.BAD_UNMASK, f"{who}: repeated share owners")
-        seed, keys = _share_values(msg.seed_shares), _share_values(msg.key_shares)
+        seed, keys = _field_values(msg.seed_shares), _field_values(msg.key_shares)
         if seed is None or keys is None:
             raise RemoteProtocolError(
                 ProtocolReason.BAD_UNMASK, f"{who}: share value outside the field"
             )
         x = j + 1
-        for owner, y in seed:
-            self._seed_shares.setdefault(owner, []).append((x, y))
-        for owner, y in keys:
-            self._key_shares.setdefault(owner, []).append((x, y))
+        for store, owners, ys in (
+            (self._seed_shares, seed_owners, seed),
+            (self._key_shares, key_owners, keys),
+        ):
+            for owner, y in zip(owners, ys, strict=True):
+                got = store.get(owner)
+                if got is None:
+                    store[owner] = {x: y}
+                else:
+                    got[x] = y
         self._answered.add(j)
 
     # -- closing stages --------------------------------------------------------------------
@@ -320,7 +329,8 @@ class SecAggServer:
             raise RoundAborted(
                 p.round_id, "collect_keys", f"only {k} neighbours possible < t={p.t}"
             )
-        self._graph = neighbour_graph(u1, k, self._rng)
+        self._ring = neighbour_ring(u1, k, self._rng)
+        self._graph = ring_graph(self._ring, k)
         peer = {c: PeerKeys.of(self._adverts[c]) for c in u1}  # once each, not once per reader
         # Built without re-validating: validated PeerKeys, ids from this server's own graph.
         return [
@@ -336,13 +346,14 @@ class SecAggServer:
         p = self.params
         self._u2 = frozenset(self._shares)
         self._need(len(self._u2), "collect_shares", "clients sent shares")
-        # n * k new SealedShare objects, the server's largest object count: built directly
-        # (measured in the server 13 % cheaper than validating dicts once per message).
-        inbox: dict[int, list[SealedShare]] = {c: [] for c in self._u2}
+        # n * k forwarded shares, the server's largest object count: plain tuples (see
+        # ForwardedShare), each message built without re-validating them.
+        inbox: dict[int, list[ForwardedShare]] = {c: [] for c in self._u2}
         for sender in sorted(self._u2):
             for s in self._shares[sender]:
-                if s.peer in inbox:
-                    inbox[s.peer].append(SealedShare(peer=sender, nonce=s.nonce, ct=s.ct))
+                got = inbox.get(s.peer)
+                if got is not None:
+                    got.append((sender, s.nonce, s.ct))
         self._shares = {}
         for c, got in inbox.items():
             if len(got) < p.t:
@@ -353,7 +364,7 @@ class SecAggServer:
                     f"client {c} has {len(got)} share holders < t={p.t}",
                 )
         return [
-            ForwardedShares(round_id=p.round_id, to=c, shares=tuple(got))
+            ForwardedShares.model_construct(round_id=p.round_id, to=c, shares=tuple(got))
             for c, got in sorted(inbox.items())
         ]
 
@@ -415,18 +426,23 @@ class SecAggServer:
             return lambda s: s == crypto.clamp(s) and _public_of(s) == pk
 
         peer_pk: dict[int, x25519.X25519PublicKey] = {}  # a survivor's key, parsed once
-        owners = [(i, True) for i in self._survivors] + [(i, False) for i in sorted(self._dropped)]
+        buf = prg.Expander(p.dim, p.bits)  # each mask is subtracted before the next is made
+        u3, dropped = self._u3, self._dropped
+        owners = [i for i in self._ring if i in u3 or i in dropped]
+        plan = self._share_plan(owners)
         for at in range(0, len(owners), _PREFETCH):
             chunk = owners[at : at + _PREFETCH]
-            self._prefetch([self._shares_of(i, seed) for i, seed in chunk])
-            for i, is_survivor in chunk:
-                if is_survivor:
+            self._lagrange.prefetch([xs for i in chunk if (xs := plan[i])])
+            for i in chunk:
+                if i in u3:
                     seed = self._reconstruct(
-                        i, self._seed_shares.get(i, []), "self-mask seed", seed_ok(i)
+                        i, self._seed_shares.get(i, {}), plan[i], "self-mask seed", seed_ok(i)
                     )
-                    total -= crypto.self_mask(seed, p.round_id, p.dim, p.bits)
+                    total -= crypto.self_mask(seed, p.round_id, p.dim, p.bits, buf)
                     continue
-                raw = self._reconstruct(i, self._key_shares.get(i, []), "pairwise key", key_ok(i))
+                raw = self._reconstruct(
+                    i, self._key_shares.get(i, {}), plan[i], "pairwise key", key_ok(i)
+                )
                 sk = x25519.X25519PrivateKey.from_private_bytes(raw)
                 for j in sorted(self._graph[i] & self._u3):
                     pk = peer_pk.get(j)
@@ -434,9 +450,9 @@ class SecAggServer:
                         pk = peer_pk[j] = x25519.X25519PublicKey.from_public_bytes(self._keys[j][0])
                     seed = crypto.pair_seed(sk, pk, p.round_id, i, j)
                     if j < i:  # survivor j added +mask for j < i, else -mask
-                        total -= crypto.pair_mask(seed, p.dim, p.bits)
+                        total -= crypto.pair_mask(seed, p.dim, p.bits, buf)
                     else:
-                        total += crypto.pair_mask(seed, p.dim, p.bits)
+                        total += crypto.pair_mask(seed, p.dim, p.bits, buf)
         total &= mod
         result = AggregateResult(
             total,
@@ -448,50 +464,81 @@ class SecAggServer:
         self._wipe()
         return result
 
-    def _shares_of(self, owner: int, seed: bool) -> list[tuple[int, int]]:
-        return (self._seed_shares if seed else self._key_shares).get(owner, [])
+    def _share_plan(self, owners: list[int]) -> dict[int, tuple[int, ...]]:
+        """The ``t`` points each owner's secret is first rebuilt from: the same tuple for runs
+        of owners next to each other in ``owners`` (the ring order); ``()`` for an owner with
+        fewer than ``t`` usable shares (:meth:`_reconstruct` aborts on it).
 
-    def _prefetch(self, share_lists: list[list[tuple[int, int]]]) -> None:
-        """Compute, in one batch, the Lagrange weights of the sets :meth:`_reconstruct` will
-        try first (the first ``t`` usable shares of each owner)."""
+        Why: the Lagrange weights cost O(t) field operations per distinct set of points, and
+        were the largest cost of the unmask stage after the key exchanges. Owners adjacent in
+        the ring have all but a few of their holders in common, so a greedy run of owners
+        (extended while the holders they all have number at least ``t``: about k/8 owners at
+        10 % dropout) is rebuilt from one set of points and one set of weights. Which ``t``
+        honest shares is immaterial to the result, and :meth:`_reconstruct` checks it and
+        searches the spares the same way whichever points come first."""
         t, cheaters = self.params.t, self._cheaters
-        sets = []
-        for shares in share_lists:
-            usable = [s for s in shares if s[0] - 1 not in cheaters] if cheaters else shares
-            if len(usable) >= t:
-                sets.append(tuple(x for x, _ in usable[:t]))
-        self._lagrange.prefetch(sets)
+        points: list[set[int]] = []
+        for i in owners:
+            xs = set((self._seed_shares if i in self._u3 else self._key_shares).get(i, ()))
+            points.append({x for x in xs if x - 1 not in cheaters} if cheaters else xs)
+        plan: dict[int, tuple[int, ...]] = {}
+        at = 0
+        while at < len(owners):
+            common = points[at]
+            end = at + 1
+            while end < len(owners):
+                both = common & points[end]
+                if len(both) < t:
+                    break
+                common, end = both, end + 1
+            chosen = tuple(sorted(common)[:t]) if len(common) >= t else ()
+            for i in owners[at:end]:
+                plan[i] = chosen
+            at = end
+        return plan
 
     def _reconstruct(
         self,
         owner: int,
-        shares: list[tuple[int, int]],
+        shares: dict[int, int],
+        first: tuple[int, ...],
         what: str,
         check: Callable[[bytes], bool],
     ) -> bytes:
-        """Rebuild from the first ``t`` shares (in arrival order) and check it against the
-        owner's commitment; on a mismatch leave out one of the used shares at a time (a spare
-        takes its place): the one whose absence fixes it came from a cheating holder, who is
+        """Rebuild from the ``t`` points ``first`` (or, when one of them is no longer usable,
+        from the first ``t`` shares in arrival order) and check it against the owner's
+        commitment; on a mismatch leave out one of the used shares at a time (a spare takes
+        its place): the one whose absence fixes it came from a cheating holder, who is
         excluded from then on."""
         p = self.params
         cheaters = self._cheaters
-        usable = [s for s in shares if s[0] - 1 not in cheaters] if cheaters else shares
-        if len(usable) < p.t:
-            raise RoundAborted(
-                p.round_id,
-                "collect_unmask",
-                f"client {owner}: {len(usable)} {what} shares < t={p.t}",
-            )
-        secret = _combine_checked(usable[: p.t], p.t, check, self._lagrange)
-        if secret is not None:
-            return secret
+        if len(first) == p.t and not (cheaters and any(x - 1 in cheaters for x in first)):
+            # first comes from these very shares (_share_plan): only a cheater found since
+            # can have made one of them unusable.
+            secret = _combine_checked([(x, shares[x]) for x in first], p.t, check, self._lagrange)
+            if secret is not None:
+                return secret
+            chosen = set(first)
+            usable = [*first, *(x for x in shares if x not in chosen and x - 1 not in cheaters)]
+        else:
+            usable = [x for x in shares if x - 1 not in cheaters]
+            if len(usable) < p.t:
+                raise RoundAborted(
+                    p.round_id,
+                    "collect_unmask",
+                    f"client {owner}: {len(usable)} {what} shares < t={p.t}",
+                )
+            points = [(x, shares[x]) for x in usable[: p.t]]
+            secret = _combine_checked(points, p.t, check, self._lagrange)
+            if secret is not None:
+                return secret
         for suspect in usable[: p.t]:
-            rest = [s for s in usable if s is not suspect]
+            rest = [x for x in usable if x != suspect][: p.t]
             if len(rest) < p.t:
                 break
-            secret = _combine_checked(rest[: p.t], p.t, check, self._lagrange)
+            secret = _combine_checked([(x, shares[x]) for x in rest], p.t, check, self._lagrange)
             if secret is not None:
-                self._cheaters.add(suspect[0] - 1)
+                self._cheaters.add(suspect - 1)
                 return secret
         raise RoundAborted(
             p.round_id,
@@ -505,17 +552,14 @@ class SecAggServer:
         self._key_shares = {}
 
 
-def _share_values(shares: tuple[ShareValue, ...]) -> list[tuple[int, int]] | None:
-    """``(owner, y)`` per share, or None when one is not a 33-byte field element."""
-    out = []
-    for s in shares:
-        if len(s.y) != shamir.SHARE_BYTES:
-            return None
-        y = int.from_bytes(s.y, "big")
-        if y >= shamir.PRIME:
-            return None
-        out.append((s.owner, y))
-    return out
+def _field_values(shares: tuple[ShareValue, ...]) -> list[int] | None:
+    """The share values, or None when one is not a 33-byte field element (checked here too:
+    an in-process message may not have been validated)."""
+    raw = [s.y for s in shares]
+    if not set(map(len, raw)) <= {shamir.SHARE_BYTES}:
+        return None
+    ys = [int.from_bytes(r, "big") for r in raw]
+    return ys if not ys or max(ys) < shamir.PRIME else None
 
 
 def _public_of(raw: bytes) -> bytes:

@@ -4,6 +4,8 @@ JSON, JSON from an older coordinator is still read, and bad bytes are a Validati
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 import pytest
 from pydantic import ValidationError
@@ -20,7 +22,7 @@ from privacy.round_wire import (
     round_id_for,
     rounds_message_bytes,
 )
-from privacy.secagg.messages import RoundParams
+from privacy.secagg.messages import ForwardedShares, RoundParams, SealedShare
 
 from .helpers import make_client, make_inputs, make_server
 
@@ -102,3 +104,36 @@ def test_every_rounds_message_roundtrips_in_both_codecs() -> None:
 def test_bad_rounds_bytes_are_validation_errors(raw: bytes) -> None:
     with pytest.raises(ValidationError):
         parse_rounds_message(raw)
+
+
+def test_forwarded_shares_keep_the_sealed_share_wire_form() -> None:
+    """The server forwards shares as ``(peer, nonce, ct)`` tuples, not ``SealedShare`` models:
+    both codecs write exactly the bytes the models gave, a device reads them back as the same
+    message, and whatever a ``ForwardedShares`` is built or parsed from is checked as a
+    ``SealedShare`` is."""
+    forward = server_messages()[1]
+    assert forward.shares and all(type(s) is tuple for s in forward.shares)
+    as_models = ForwardedShares(
+        round_id=forward.round_id,
+        to=forward.to,
+        shares=tuple(SealedShare(peer=p, nonce=n, ct=c) for p, n, c in forward.shares),
+    )
+    assert as_models == forward  # models given to the constructor become the same tuples
+    assert ForwardedShares(round_id=forward.round_id, to=forward.to, shares=forward.shares) == (
+        forward
+    )
+    assert rounds_message_bytes(as_models) == rounds_message_bytes(forward)
+    assert as_models.model_dump_json() == forward.model_dump_json()
+    first = forward.model_dump(mode="json")["shares"][0]
+    assert list(first) == ["peer", "nonce", "ct"]
+    for edit in ({"peer": -1}, {"nonce": "AAAA"}, {"ct": "A" * 400}, {"extra": 1}):
+        raw = forward.model_dump(mode="json")
+        raw["shares"][0] = {**first, **edit}
+        with pytest.raises(ValidationError):
+            ForwardedShares.model_validate_json(json.dumps(raw))
+        with pytest.raises(ValidationError):
+            parse_rounds_message(json.dumps(raw).encode())
+    peer, nonce, ct = forward.shares[0]
+    for bad in ((-1, nonce, ct), (peer, nonce[:5], ct), (peer, nonce, bytes(300)), (peer, nonce)):
+        with pytest.raises(ValidationError):
+            ForwardedShares(round_id=forward.round_id, to=forward.to, shares=(bad,))

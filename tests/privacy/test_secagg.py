@@ -107,6 +107,34 @@ def _run_to_unmask(params: RoundParams, enc, rng, drop_masked: set[int] = frozen
     return server, clients, masked, server.close_stage()
 
 
+SPARSE = RoundParams(round_id="sparse", n=120, k=24, t=13, min_clients=60, dim=16, bits=20)
+
+
+@pytest.mark.parametrize("cheater", [None, 18])
+def test_ring_neighbours_are_rebuilt_from_shared_point_sets(cheater: int | None) -> None:
+    """In a sparse graph, owners next to each other in the ring are rebuilt from one set of t
+    holders (so far fewer Lagrange weight sets than owners), the sum is exact, and a holder
+    who returns wrong shares for every owner is still found and excluded."""
+    raw, enc = make_inputs(SPARSE, seed=11)
+    gone = _drop(SPARSE.n, 0.1, seed=11)
+    server, clients, _, requests = _run_to_unmask(SPARSE, enc, SeededRandomness.from_int(11), gone)
+    for m in requests:
+        resp = clients[m.to].receive(m)
+        if m.to == cheater:
+            bump = [ShareValue(owner=s.owner, y=bytes(32) + b"\x01") for s in resp.seed_shares]
+            resp = resp.model_copy(update={"seed_shares": tuple(bump)})
+        server.receive(resp)
+    server.close_stage()
+    result = server.result()
+    survivors = sorted(set(range(SPARSE.n)) - gone)
+    assert list(result.survivors) == survivors
+    expected = np.sum([raw[c] for c in survivors], axis=0)
+    assert np.array_equal(quantize.decode(result.total, SPARSE.bits), expected)
+    assert result.excluded == (() if cheater is None else (cheater,))
+    if cheater is None:  # one set of weights per run of owners, not one per owner
+        assert len(server._lagrange._weights) <= SPARSE.n / 3
+
+
 def test_fewer_than_t_shares_cannot_recover_an_input() -> None:
     """The server's view with t-1 seed shares of a survivor does not unmask its input."""
     params = RoundParams(round_id="priv", n=10, k=9, t=6, min_clients=6, dim=32, bits=16)
@@ -288,9 +316,7 @@ def test_tampered_share_ciphertext_aborts_the_recipient() -> None:
         server.receive(clients[m.to].receive(m))
     fwd = server.close_stage()[0]
     first = fwd.shares[0]
-    bad = fwd.model_copy(
-        update={"shares": (first.model_copy(update={"ct": bytes(len(first.ct))}),) + fwd.shares[1:]}
-    )
+    bad = fwd.model_copy(update={"shares": ((*first[:2], bytes(len(first[2]))),) + fwd.shares[1:]})
     with pytest.raises(RemoteProtocolError, match="share_auth_failed"):
         clients[fwd.to].receive(bad)
     assert clients[fwd.to].state == ClientState.ABORTED
