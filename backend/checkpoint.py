@@ -49,6 +49,7 @@ from sqlalchemy import (
 )
 
 from backend.errors import CheckpointError, OffsetFenceError
+from backend.storage import reading
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +121,7 @@ class Checkpoint:
         self._guard()
         try:
             if before is not None:
-                with engine.connect() as conn:  # read-only: the locking check is below
+                with reading(engine) as conn:  # no write lock: the locking check is below
                     self._fence(conn, lock=False)
                 before()
             with engine.begin() as conn:
