@@ -23,3 +23,13 @@ def test_bench_reports_the_ceiling_and_the_ratio_to_it(kafka_bootstrap: str, wor
     assert isinstance(out["loadavg_1min"], float)
     for kept in ("raw_consume_per_s", "ratio", "pipeline_s", "batches"):  # the old fields
         assert kept in out
+    cpu = out["cpu_us_per_envelope"]
+    assert cpu["main"] > 0 and cpu["broker"] is None  # an external broker: not measured
+    if workers == 0:  # in-process: no worker CPU (with workers, 300 records may be < 1 tick)
+        assert cpu["workers"] == 0
+    assert cpu["total"] == pytest.approx(cpu["main"] + cpu["workers"], abs=0.2)
+    bound = out["hpke_open_us_per_core"] / cpu["total"]
+    assert out["ratio_to_ceiling_cpu_bound"] == pytest.approx(bound, rel=1e-2)
+    assert out["hpke_open_us_per_core"] == pytest.approx(
+        out["cpus"] / out["hpke_open_ceiling_per_s"] * 1e6, rel=1e-2
+    )
