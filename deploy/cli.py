@@ -6,6 +6,7 @@ line on stderr and an :class:`ExitCode`, never a traceback (unless `--debug`/`SO
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
@@ -998,8 +999,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     global _debug
     _debug = False
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack to stderr, for a
-        # service that stopped turning (frames only: file, line and function, never locals)
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # service that stopped turning (frames only: file, line and function, never locals);
+        # skipped where stderr has no file descriptor (captured, or an embedding host's)
+        with contextlib.suppress(Exception):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         rv = app(args=argv, prog_name="sotto", standalone_mode=False)
     except typer.Abort:  # EOF at a prompt
