@@ -242,8 +242,11 @@ class DurableConsumerApp:
         self._observe()
         if self._rewind is None:
             return True
+        # only what is still ours: a partition that moved away is sought by its next owner's
+        # assignment (seeking it here would raise on every call and the loop would never poll)
+        assigned = self._consumer.assignment() if self._consumer is not None else set()
         try:
-            self.seek_to_durable(self._rewind)
+            self.seek_to_durable([tp for tp in self._rewind if tp in assigned])
         except Exception as exc:
             self.consecutive_failures += 1
             self.last_failure = type(exc).__name__

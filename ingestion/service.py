@@ -357,14 +357,28 @@ class IngestionApp(DurableConsumerApp):
         the next owner re-reads it from the durable offsets). Checkpointing it anyway was
         harmless for the counts (the offset fence refuses the loser), but the loser first
         dead-lettered the winner's records as replays."""
-        self._pending = None
+        self._drop_pending()
         super().on_revoked()
 
     def on_assigned(self) -> None:
         """A (re)assignment seeks to the durable offsets, which are before the batch in
         flight: drop it (it is re-read, by us or by the partitions' new owner)."""
-        self._pending = None
+        self._drop_pending()
         super().on_assigned()
+
+    def _drop_pending(self) -> None:
+        """Forget the batch in flight, and rewind those of its partitions that stay ours:
+        with a cooperative assignor a rebalance revokes and assigns only what moves, so no
+        seek would bring a kept partition back before the dropped records (the fence only
+        refuses offsets that go backwards, so the gap would be committed)."""
+        if self._pending is None:
+            return
+        _, partitions, _ = self._pending
+        self._pending = None
+        assigned = self._consumer.assignment() if self._consumer is not None else set()
+        kept = [tp for tp in partitions if tp in assigned]
+        if kept:
+            self.rewind({*(self._rewind or ()), *kept})
 
     def process_available(self, timeout_s: float = 60.0) -> int:
         self._overlap = True
