@@ -44,7 +44,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-_INSERTS: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]]] = {}
+_INSERTS: dict[tuple[Table, tuple[str, ...]], tuple[str, tuple[str, ...]] | None] = {}
 
 
 def insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -54,23 +54,25 @@ def insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     driver (2-3 µs a row, about a tenth of ingestion's main process). On SQLite, a table whose
     columns need no bind conversion is written with the compiled statement and plain tuples
     through the driver's ``executemany``. Other dialects keep SQLAlchemy's path, whose bulk
-    ``INSERT ... VALUES`` batching on PostgreSQL beats ``executemany``."""
+    ``INSERT ... VALUES`` batching on PostgreSQL beats ``executemany``. The choice is made once
+    per (table, columns) and cached (``None``: SQLAlchemy's path)."""
     if not rows:
         return
     if conn.dialect.name != "sqlite":
         conn.execute(table.insert(), rows)
         return
     keys = tuple(rows[0])
-    cached = _INSERTS.get((table.name, keys))
-    if cached is None:
+    if (table, keys) not in _INSERTS:
         compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(keys))
         order = tuple(compiled.positiontup or ())
-        processors = compiled._bind_processors  # noqa: SLF001 - conversions we would skip
-        if set(order) != set(keys) or any(processors.get(k) for k in order):
-            conn.execute(table.insert(), rows)  # needs SQLAlchemy's conversions
-            return
-        cached = _INSERTS[(table.name, keys)] = (compiled.string, order)
-    sql, order = cached
+        processors = compiled._bind_processors  # conversions the fast path would skip
+        plain = set(order) == set(keys) and not any(processors.get(k) for k in order)
+        _INSERTS[(table, keys)] = (compiled.string, order) if plain else None
+    fast = _INSERTS[(table, keys)]
+    if fast is None:
+        conn.execute(table.insert(), rows)
+        return
+    sql, order = fast
     conn.exec_driver_sql(sql, [tuple(row[k] for k in order) for row in rows])
 
 
@@ -105,7 +107,16 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         _sqlite_pragmas(engine)
         return engine
-    return create_engine(with_driver(url), pool_pre_ping=True)
+    # a connect that hangs, or a server that vanished without a reset, must fail in bounded
+    # time: a replica's rebalance listener reads offsets from here while heartbeats wait
+    pg_args = {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    return create_engine(with_driver(url), pool_pre_ping=True, connect_args=pg_args)
 
 
 def _ensure_sqlite_dir(url: str) -> None:

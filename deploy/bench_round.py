@@ -451,10 +451,10 @@ def _drive(
                 kind, ts, body = results.get_nowait()
                 if kind == "sent":
                     t = ts - epoch  # the device process's clock: same machine
-                    for typ, cnt in body.items():
+                    for typ, cnt in body.items():  # several processes report out of order
                         sent[typ] = sent.get(typ, 0) + cnt
-                        first.setdefault(typ, t)
-                        last[typ] = t
+                        first[typ] = min(first.get(typ, t), t)
+                        last[typ] = max(last.get(typ, t), t)
                 elif kind == "done":
                     if "error" in body:
                         raise RuntimeError(f"a device process failed: {body['error']}")

@@ -178,7 +178,8 @@ class BatchCheckpoint(Checkpoint):
             if error is not None:
                 raise DeadLetterError(error)
 
-        self.commit_with(engine, self._write, before=before)
+        # nothing to produce, nothing to fence first: the transaction's own fence suffices
+        self.commit_with(engine, self._write, before=before if self.dead_letters else None)
         if consumer is not None:
             self.mirror_offsets(consumer)
 
