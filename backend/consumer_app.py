@@ -58,7 +58,9 @@ class SeekFromDatabase(ConsumerRebalanceListener):
         try:
             self._app.seek_to_durable(assigned)
         except Exception as exc:  # database away: do not read on from Kafka's positions
-            self._app.rewind(assigned, exc)
+            self._app.rewind({*(self._app._rewind or ()), *assigned}, exc)
+            return
+        self._app.sought(assigned)
 
 
 class DurableConsumerApp:
@@ -167,6 +169,15 @@ class DurableConsumerApp:
                 for tp in partitions
             },
         )
+
+    def sought(self, partitions: Any) -> None:
+        """``partitions`` were just sought to the durable offsets: a rewind pending for them
+        is done (what remains is for partitions kept through a cooperative rebalance)."""
+        if self._rewind is None:
+            return
+        done = set(partitions)
+        rest = [tp for tp in self._rewind if tp not in done]
+        self._rewind = rest or None
 
     # -- infrastructure faults --------------------------------------------------------------
     def rewind(self, partitions: Any, exc: BaseException | None = None) -> None:
@@ -278,7 +289,7 @@ class DurableConsumerApp:
     def caught_up(self) -> bool:
         """True once partitions are assigned and every position has reached the log end."""
         consumer = self._consumer
-        if consumer is None:
+        if consumer is None or self._rewind is not None:  # positions are not the truth yet
             return False
         assigned = consumer.assignment()
         if not assigned:
