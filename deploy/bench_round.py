@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.bench_ingest import _broker, _deployment
+from deploy.bench_ingest import _broker, _cpu_s, _deployment
 from deploy.bench_round_devices import run_devices
 
 STAGES = ("advertise", "shares", "masked", "consistency", "unmask")
@@ -83,17 +83,6 @@ class _Clock:
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.offset)
-
-
-def _cpu_of(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (its threads too), from /proc."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _broker_pid(tmp: Path) -> int | None:
@@ -347,9 +336,9 @@ def _run(
                     raise RuntimeError(f"only {svc.app.stats.accepted} of {n} check-ins stored")
             console.log(f"{n} devices checked in; opening the round")
             broker_pid = _broker_pid(tmp)
-            broker0 = _cpu_of(broker_pid)
+            broker0 = _cpu_s(broker_pid)
             got = _drive(svc, spec, clock, results, live, n, console, profile, timeout_s)
-            broker1 = _cpu_of(broker_pid)
+            broker1 = _cpu_s(broker_pid)
             out.update({k: v for k, v in got.items() if not k.startswith("_") and k != "status"})
             reports = _collect(results, processes, got["round_id"])
         finally:
