@@ -74,7 +74,9 @@ class Checkin(Frozen):
     type: Literal["secagg_checkin"] = "secagg_checkin"
     v: Literal[1] = 1
     token: Annotated[str, Field(pattern=TOKEN_PATTERN)]
-    layout: Annotated[str, Field(max_length=64)] = ""  # contribution layouts the device has
+    # contribution layouts the device has; no NUL: the round sink stores it as text, which
+    # PostgreSQL refuses with NUL in it (and with it the checkpoint's whole batch, every retry)
+    layout: Annotated[str, Field(max_length=64, pattern=r"^[^\x00]*$")] = ""
 
 
 class NoiseSpec(Frozen):

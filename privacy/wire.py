@@ -146,7 +146,8 @@ class RoundSummary(Frozen):
     counts: BehaviorCounts
     action_hist: Annotated[
         dict[Annotated[str, Field(max_length=32)], StepCount],
-        Field(max_length=MAX_ACTION_KINDS),
+        # stop at the first bad entry: one pydantic error (kilobytes) per bad key of a huge map
+        Field(max_length=MAX_ACTION_KINDS, fail_fast=True),
     ] = Field(default_factory=dict)
 
     @field_validator("embedding", mode="before")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import ConfigDict, Field, GetCoreSchemaHandler, model_validator
+from pydantic import ConfigDict, FailFast, Field, GetCoreSchemaHandler, model_validator
 from pydantic_core import core_schema
 
 from privacy import prg
@@ -215,7 +215,9 @@ class EncryptedShares(Msg):
 
     type: Literal["secagg_shares"] = "secagg_shares"
     sender: Cid
-    shares: tuple[SealedShare, ...]
+    # client-sent lists stop at their first bad item: pydantic otherwise makes one error
+    # (kilobytes) per bad item, and a 1 MiB record of one-byte items held gigabytes
+    shares: Annotated[tuple[SealedShare, ...], FailFast()]
 
 
 class ForwardedShares(Msg):
@@ -302,8 +304,9 @@ class UnmaskResponse(Msg):
 
     type: Literal["secagg_unmask_shares"] = "secagg_unmask_shares"
     sender: Cid
-    seed_shares: tuple[ShareValue, ...]
-    key_shares: tuple[ShareValue, ...]
+    # stop at the first bad item, as EncryptedShares.shares
+    seed_shares: Annotated[tuple[ShareValue, ...], FailFast()]
+    key_shares: Annotated[tuple[ShareValue, ...], FailFast()]
 
 
 ClientToServer = (
