@@ -12,7 +12,9 @@ devices not yet updated still send). The first byte tells them apart.
 
 from __future__ import annotations
 
+import functools
 import secrets
+import typing
 from datetime import datetime
 
 from cryptography.exceptions import InvalidTag
@@ -171,11 +173,19 @@ def open_payload(env: AnyEnvelope, private: PrivateKey) -> Frozen:
     except ValidationError as exc:
         raise EnvelopeRejected(
             RejectReason.PAYLOAD_INVALID,
-            f"payload fields: {_invalid_fields(exc, names=frozenset(model.model_fields))}",
+            f"payload fields: {_invalid_fields(exc, *_field_names(model))}",
         ) from None
 
 
 MAX_FIELDS_SHOWN = 8
+
+
+@functools.cache
+def _field_names(model: type[Frozen]) -> tuple[frozenset[str], frozenset[str]]:
+    """A payload model's field names, and those of them that are mappings (keys: plaintext)."""
+    fields = model.model_fields
+    mappings = frozenset(n for n, f in fields.items() if typing.get_origin(f.annotation) is dict)
+    return frozenset(fields), mappings
 
 
 def _shown(part: object, limit: int = 40) -> str:
@@ -189,19 +199,33 @@ def _shown(part: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _invalid_fields(exc: ValidationError, names: frozenset[str] | None = None) -> str:
+def _invalid_fields(
+    exc: ValidationError,
+    names: frozenset[str] | None = None,
+    mappings: frozenset[str] = frozenset(),
+) -> str:
     """The paths of the first invalid fields (the error type where there is no path).
 
     With ``names`` (a payload model's fields), a path element that is neither one of them nor
     an index is shown as ``<key>``: inside a payload the keys of a mapping (``action_hist``'s
-    action names) are decrypted plaintext, and plaintext never reaches a dead letter."""
+    action names) are decrypted plaintext, and plaintext never reaches a dead letter. Below a
+    field in ``mappings`` every element is ``<key>``: a MessagePack map may have integer keys,
+    which pydantic reports in the place of an index."""
 
-    def part(element: object) -> str:
-        if names is None or isinstance(element, int) or element in names:
-            return _shown(element)
-        return "<key>"
+    def path(loc: tuple[object, ...]) -> str:
+        if names is None:
+            return ".".join(map(_shown, loc))
+        shown: list[str] = []
+        keyed = False
+        for element in loc:
+            if not keyed and (isinstance(element, int) or element in names):
+                shown.append(_shown(element))
+                keyed = element in mappings
+            else:
+                shown.append("<key>")
+        return ".".join(shown)
 
     errors = exc.errors()
-    shown = [".".join(map(part, e["loc"])) or _shown(e["type"]) for e in errors[:MAX_FIELDS_SHOWN]]
+    shown = [path(tuple(e["loc"])) or _shown(e["type"]) for e in errors[:MAX_FIELDS_SHOWN]]
     more = len(errors) - MAX_FIELDS_SHOWN
     return ",".join(shown) + (f" (+{more} more)" if more > 0 else "")

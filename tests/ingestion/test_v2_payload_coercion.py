@@ -477,3 +477,27 @@ def test_a_nul_checkin_layout_is_dead_lettered_on_postgres_and_the_region_goes_o
 
     dls = dead_letters(pg.kafka_bootstrap, eu.t.dead_letter)
     assert [(d.reason, d.original) for d in dls] == [(RejectReason.PAYLOAD_INVALID, bad_v2)]
+
+
+# -- 6. a rejection's detail never carries a decrypted mapping key, integer keys included --------
+@pytest.mark.parametrize(
+    "hist",
+    [
+        {987654321: 1},  # an integer key: pydantic reports it where it would put an index
+        {"0612345678": "not-a-count"},
+        {"0612345678": -1, 987654321: 2},
+    ],
+)
+def test_a_payload_rejection_names_no_decrypted_key(hist: dict) -> None:
+    v = judge(sealed_v2(ENC(summary_python(action_hist=hist))))
+    assert isinstance(v, Rejected) and v.reason is RejectReason.PAYLOAD_INVALID, v
+    assert "987654321" not in v.detail and "0612345678" not in v.detail, v.detail
+    assert "action_hist.<key>" in v.detail, v.detail
+
+
+def test_a_list_index_is_still_named_in_a_rejection() -> None:
+    """Indexes are positions, not plaintext: a bad share is located for the operator."""
+    bad = msg("secagg_shares", shares=[SHARE, [5, "x", "y"]])
+    v = judge(sealed_v2(ENC(bad), "secagg_shares"))
+    assert isinstance(v, Rejected) and v.reason is RejectReason.PAYLOAD_INVALID, v
+    assert "shares.1" in v.detail, v.detail
