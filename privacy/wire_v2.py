@@ -66,6 +66,10 @@ class HeaderV2(msgspec.Struct, array_like=True, forbid_unknown_fields=True, froz
 _HEADER_DECODER = msgspec.msgpack.Decoder(HeaderV2)
 _ENCODER = msgspec.msgpack.Encoder()
 _ANY_DECODER = msgspec.msgpack.Decoder()
+# No payload model has a map of more keys than this (``action_hist``: 64 kinds; a model: its
+# fields). pydantic reports every unknown key of a map as its own error, kilobytes each, so a
+# map of a hundred thousand one-byte keys would cost seconds and gigabytes to refuse.
+MAX_MAP_KEYS: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +198,31 @@ def decode_payload(model: type[Frozen], plain: bytes) -> Frozen:
         raise EnvelopeRejected(RejectReason.PAYLOAD_INVALID, "payload is not MessagePack") from None
     if not isinstance(obj, dict):
         raise EnvelopeRejected(RejectReason.PAYLOAD_INVALID, "payload is not a map")
+    _refuse_wide_maps(obj)
     return model.model_validate(obj)  # a ValidationError is the caller's to report, as v1's
+
+
+def _refuse_wide_maps(obj: dict) -> None:
+    """Refuse, in one pass and before pydantic, any map wider than :data:`MAX_MAP_KEYS`.
+
+    >>> _refuse_wide_maps({"a": [{"b": 1}], "c": {"d": 2}})
+    >>> _refuse_wide_maps({"a": [dict.fromkeys(range(MAX_MAP_KEYS + 1))]})
+    Traceback (most recent call last):
+    ...
+    privacy.errors.EnvelopeRejected: payload_invalid: a map of 257 keys (at most 256)
+    """
+    stack: list[object] = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if len(item) > MAX_MAP_KEYS:
+                raise EnvelopeRejected(
+                    RejectReason.PAYLOAD_INVALID,
+                    f"a map of {len(item)} keys (at most {MAX_MAP_KEYS})",
+                )
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
 
 
 def _shown(exc: Exception) -> str:

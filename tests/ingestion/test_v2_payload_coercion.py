@@ -64,7 +64,7 @@ from privacy.wire import (
     RoundSummary,
     b64e,
 )
-from privacy.wire_v2 import INFO_DOMAIN, PREFIX, decode_payload, encode_payload
+from privacy.wire_v2 import INFO_DOMAIN, MAX_MAP_KEYS, PREFIX, decode_payload, encode_payload
 from tests.ingestion.helpers import (
     Truth,
     assert_matches,
@@ -356,14 +356,15 @@ def msg(type_: str, **fields: object) -> dict:
             msg("secagg_unmask_shares", seed_shares=[VALUE], key_shares=[0] * N),
         ),
         (
-            "action_hist: N int keys",
+            # maps wider than MAX_MAP_KEYS never reach the model (section 7); at that width
+            "action_hist: 256 int keys",
             RoundSummary,
-            summary_python(action_hist=dict.fromkeys(range(N), 0)),
+            summary_python(action_hist=dict.fromkeys(range(MAX_MAP_KEYS), 0)),
         ),
         (
-            "action_hist: N negative counts",
+            "action_hist: 256 negative counts",
             RoundSummary,
-            summary_python(action_hist={f"{i:x}": -1 for i in range(N)}),
+            summary_python(action_hist={f"{i:x}": -1 for i in range(MAX_MAP_KEYS)}),
         ),
     ],
 )
@@ -501,3 +502,37 @@ def test_a_list_index_is_still_named_in_a_rejection() -> None:
     v = judge(sealed_v2(ENC(bad), "secagg_shares"))
     assert isinstance(v, Rejected) and v.reason is RejectReason.PAYLOAD_INVALID, v
     assert "shares.1" in v.detail, v.detail
+
+
+# -- 7. a map of many unknown keys is refused before pydantic makes an error of each ------------
+@pytest.mark.parametrize(
+    "where",
+    ["top level", "nested model", "inside a list item"],
+)
+def test_a_wide_map_is_refused_before_validation(where: str, monkeypatch) -> None:
+    wide = {f"{i:x}": 0 for i in range(8000)}  # fits the 64 KiB record limit
+    if where == "top level":
+        plain, payload_type = ENC(summary_python(**wide)), "summary"
+    elif where == "nested model":
+        plain, payload_type = ENC(summary_python(counts=wide)), "summary"
+    else:
+        plain, payload_type = ENC(msg("secagg_shares", shares=[{**SHARE, **wide}])), "secagg_shares"
+    calls: list[type] = []
+    real = RoundSummary.model_validate.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type, obj: object, *a: object, **kw: object) -> object:
+        calls.append(cls)
+        return real(cls, obj, *a, **kw)
+
+    monkeypatch.setattr(RoundSummary, "model_validate", classmethod(spy))
+    monkeypatch.setattr(EncryptedShares, "model_validate", classmethod(spy))
+    v = judge(sealed_v2(plain, payload_type))
+    assert isinstance(v, Rejected) and v.reason is RejectReason.PAYLOAD_INVALID, v
+    assert "a map of" in v.detail and "at most 256" in v.detail, v.detail
+    assert calls == []  # refused on its shape: pydantic never saw it
+
+
+def test_the_widest_honest_map_still_validates() -> None:
+    hist = {f"A{i}": 1 for i in range(MAX_ACTION_KINDS)}
+    v = judge(sealed_v2(ENC(summary_python(action_hist=hist, counts={"steps": 64}))))
+    assert isinstance(v, Accepted), v
