@@ -65,7 +65,11 @@ def rotate(directory: str | Path, region: str) -> KeySet:
         if (directory / "keyset.json").is_file()
         else KeySet(region=region, keys=[])
     )
-    key = PrivateKey.generate(_new_key_id(region))
+    taken = {entry.key_id for entry in keyset.keys}
+    key_id = _new_key_id(region)
+    while key_id in taken:  # 24 random bits a day: a repeat would overwrite a live private key
+        key_id = _new_key_id(region)
+    key = PrivateKey.generate(key_id)
     _write_private(directory, key)
     new = keyset.rotated(key.key_id, key.public_bytes(), utcnow())
     _write_keyset(directory, new)

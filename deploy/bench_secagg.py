@@ -292,7 +292,7 @@ def _ours(
     total_ms = [sum(s.values()) * _ms for c, s in cs.items() if c in alive]
     stage_ms = {st: round(_med([s[st] * _ms for s in cs.values() if st in s]), 3) for st in STAGES}
     sv = stats.server_seconds
-    server_stage = {st: round(sv.get(st, 0.0) + sv.get(st + "_close", 0.0), 4) for st in STAGES}
+    server_stage = {st: round(sv.get(st, 0.0) + sv.get(st + "_close", 0.0), 6) for st in STAGES}
     sig_keys = sorted({key for s in clock.client_s.values() for key in s})
     sig_ms = {
         key: round(_med([s[key] * _ms for s in clock.client_s.values() if key in s]), 3)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,7 @@ class RegionLoop:
         pop = self.cache.population
         self.devices = {d.device_id: d.cohort for d in pop.devices if d.region == self.region}
         self.cohorts = sorted(set(self.devices.values()))
-        rng = np.random.default_rng(abs(hash(self.region)) % 2**32)
+        rng = np.random.default_rng(zlib.crc32(self.region.encode()))  # not hash(): salted
         ids = sorted(self.devices)
         flaky = set(rng.choice(ids, size=int(len(ids) * self.config.dropout), replace=False))
         self.flaky = flaky

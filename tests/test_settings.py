@@ -27,6 +27,7 @@ from deploy.settings import (
 )
 from privacy.errors import ConfigError
 from privacy.keys import KeyStatus
+from privacy.wire import b64d
 
 
 def test_env_and_file_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,6 +73,21 @@ def test_keystore_rotation_and_retirement(tmp_path: Path) -> None:
     assert ks3.get(first).status is KeyStatus.RETIRED
     assert not priv.exists()
     assert first not in keystore.load_private_keys(d)
+
+
+def test_a_rotation_never_reuses_a_key_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Key ids carry 24 random bits a day: a repeat would overwrite the private key that still
+    decrypts the envelopes in flight, so a rotation draws again."""
+    d = tmp_path / "keys"
+    draws = iter(["eu-20261202-aaaaaa", "eu-20261202-aaaaaa", "eu-20261202-bbbbbb"])
+    monkeypatch.setattr(keystore, "_new_key_id", lambda region: next(draws))
+    first = keystore.rotate(d, "eu").current()
+    before = (d / "private" / f"{first.key_id}.key").read_bytes()
+    second = keystore.rotate(d, "eu").current()
+    assert second.key_id == "eu-20261202-bbbbbb" != first.key_id
+    private = keystore.load_private_keys(d)
+    assert private[first.key_id].raw_bytes() == before
+    assert private[first.key_id].public_bytes() == b64d(first.public_key)
 
 
 # -- configuration story: sections, `sotto config`, docs/configuration.md ---------------------

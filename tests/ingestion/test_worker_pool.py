@@ -121,7 +121,7 @@ def test_a_record_that_stalls_a_worker_is_isolated_not_waited_for(
     items = _items(settings, 16)
     expected = _pool(settings, workers=1).judge(items)
     items[9] = (POISON, items[0][1], 0, 9)
-    pool = _pool(settings, task=Hang(POISON), max_crashes=2, timeout_s=1.5)
+    pool = _pool(settings, task=Hang(POISON), max_crashes=2, timeout_s=3.0)
     try:
         got = pool.judge(items)
     finally:
