@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -270,10 +271,17 @@ def test_sigterm_equivalent_stop_finishes_the_record_in_hand(
             eu.t.aggregates,
             [release("eu", "c0", r) for r in range(30)],
         )
-        timer = threading.Timer(3.0, app.stop)
-        timer.start()
+
+        def stop_after_the_first() -> None:  # a stop mid-stream, whatever the machine's speed
+            deadline = time.monotonic() + 120
+            while app.stats.learned < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            app.stop()
+
+        stopper = threading.Thread(target=stop_after_the_first, daemon=True)
+        stopper.start()
         stats = app.run(max_idle_s=30)
-        timer.cancel()
+        stopper.join(timeout=5)
         with reading(app.engine) as conn:
             applied = conn.execute(select(learner_releases.c.round)).all()
     assert 0 < stats.learned == len(applied) < 30
