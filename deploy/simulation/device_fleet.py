@@ -219,6 +219,16 @@ class DeviceFleet:
             self._producer.flush_outbox()
         return replies
 
+    def caught_up(self) -> bool:
+        """True when every message on the rounds topic has been read: a driver that moves a
+        test clock past a stage deadline waits for this, or it drops devices whose request
+        was still on its way to them."""
+        if self._consumer is None:
+            return False
+        tps = list(self._consumer.assignment())
+        ends = self._consumer.end_offsets(tps)
+        return all(self._consumer.position(tp) >= ends[tp] for tp in tps)
+
     def _dispatch(self, msg) -> int:  # type: ignore[no-untyped-def]
         rid = msg.round_id
         stage = STAGE_OF.get(msg.type)

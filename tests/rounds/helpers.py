@@ -37,8 +37,10 @@ def drive(
     quiet_s: float = 1.5,
     timeout_s: float = 120.0,
 ) -> float:
-    """Pump fleets and step services until ``done()``; when nothing moved for ``quiet_s``,
-    jump the clock by ``skip_s`` so a stage waiting on dropouts hits its deadline.
+    """Pump fleets and step services until ``done()``; when nothing moved for ``quiet_s``
+    and every fleet and service has read all there is to read, jump the clock by ``skip_s``
+    so a stage waiting on dropouts hits its deadline (a quiet spell alone may be a slow
+    broker on a busy machine, with requests still on their way to live devices).
     Returns the seconds it took."""
     start = last = time.monotonic()
     while not done():
@@ -48,7 +50,12 @@ def drive(
         moved += sum(s.step(50) for s in services)
         if moved:
             last = time.monotonic()
-        elif clock is not None and time.monotonic() - last > quiet_s:
+        elif (
+            clock is not None
+            and time.monotonic() - last > quiet_s
+            and all(f.caught_up() for f in fleets)
+            and all(s.app.caught_up() for s in services)
+        ):
             clock.advance(skip_s)
             last = time.monotonic()
     return time.monotonic() - start
