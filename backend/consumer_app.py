@@ -47,8 +47,13 @@ class SeekFromDatabase(ConsumerRebalanceListener):
         self._app = app
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Until the new assignment arrives the app is rebalancing, not idle (see ``run``).
-        self._app.rebalancing = True
+        # Until the new assignment arrives the app is rebalancing, not idle (see ``run``). An
+        # eager rebalance revokes what is still assigned and always assigns after; a
+        # cooperative one (KIP-429) revokes what the new assignment, already in place, left
+        # out, and calls ``on_partitions_assigned`` only if something was added: there the
+        # rebalance is over, and a flag set now would never be cleared.
+        consumer = self._app._consumer
+        self._app.rebalancing = consumer is None or bool(set(revoked) & consumer.assignment())
         self._app.on_revoked()
         self._app._log.info("partitions_revoked", n=len(revoked))
 

@@ -334,6 +334,32 @@ def test_a_cooperative_revocation_of_another_partition_keeps_the_batch_of_a_kept
 
 
 @pytest.mark.kafka
+def test_a_cooperative_revocation_after_the_new_assignment_ends_the_rebalance(
+    settings: SottoSettings,
+) -> None:
+    """Eager: revoked partitions are still assigned when the listener hears of them, and an
+    assignment always follows. Cooperative (kafka-python's KIP-429 path): the new assignment
+    is already in place and nothing may follow; a flag left set kept ``run(max_idle_s=...)``
+    from ever seeing the replica idle."""
+    from kafka import TopicPartition
+
+    from backend.consumer_app import SeekFromDatabase
+
+    eu = settings.policy.region("eu")
+    with IngestionApp(settings.policy, "eu", settings.ingest) as app:
+        app.process_available(timeout_s=60)
+        listener, assigned = SeekFromDatabase(app), app._consumer.assignment()
+        gone = TopicPartition(eu.t.ingest, 99)  # not assigned any more: cooperative
+        listener.on_partitions_revoked({gone})
+        assert app.rebalancing is False
+        listener.on_partitions_revoked(assigned)  # still assigned: eager, one is coming
+        assert app.rebalancing is True
+        listener.on_partitions_assigned(assigned)
+        assert app.rebalancing is False
+        assert app.run(max_idle_s=0.5).accepted == 0  # idle, so it returns
+
+
+@pytest.mark.kafka
 def test_a_pending_rewind_is_not_caught_up(settings: SottoSettings) -> None:
     """A batch dropped at a rebalance leaves the positions past records that are not durable
     until the rewind is applied: ``process_available`` must not stop there as caught up (a
