@@ -185,3 +185,17 @@ def read_all(
 
 def dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
     return [DeadLetter.from_record(r.value, list(r.headers)) for r in read_all(bootstrap, topic)]
+
+
+def on_postgres(settings: SottoSettings, url: str) -> SottoSettings:
+    """``settings`` with region eu's ``database_url`` rewritten to ``url`` in regions.toml."""
+    path = settings.policy_path
+    old = f'database_url = "{settings.policy.region("eu").database_url}"'
+    body = path.read_text()
+    assert body.count(old) == 1, body
+    path.write_text(body.replace(old, f'database_url = "{url}"'))
+    moved = SottoSettings(
+        home=settings.home, kafka_bootstrap=settings.kafka_bootstrap, ingest=settings.ingest
+    )
+    assert moved.policy.region("eu").database_url == url
+    return moved

@@ -39,6 +39,7 @@ from tests.ingestion.helpers import (
     Truth,
     assert_matches,
     dead_letters,
+    on_postgres,
     random_summary,
     seal_for,
 )
@@ -52,18 +53,6 @@ DEADLINE_S = 150.0  # generous: three replicas, a broker and a server share two 
 
 
 # -- setting up ---------------------------------------------------------------------------------
-def _on_postgres(settings: SottoSettings, url: str) -> SottoSettings:
-    """``settings`` with region eu's ``database_url`` rewritten to ``url`` in regions.toml."""
-    path = settings.policy_path
-    old = f'database_url = "{settings.policy.region("eu").database_url}"'
-    body = path.read_text()
-    assert body.count(old) == 1, body
-    path.write_text(body.replace(old, f'database_url = "{url}"'))
-    moved = SottoSettings(
-        home=settings.home, kafka_bootstrap=settings.kafka_bootstrap, ingest=settings.ingest
-    )
-    assert moved.policy.region("eu").database_url == url
-    return moved
 
 
 @dataclass
@@ -284,7 +273,7 @@ def _assert_exact(settings: SottoSettings, engine: Engine, stream: Stream) -> No
 def test_three_replicas_one_killed_and_one_joining_count_exactly_once(
     settings: SottoSettings, postgres_url: str, replicas: Callable[[SottoSettings], Replicas]
 ) -> None:
-    settings = _on_postgres(settings, postgres_url)
+    settings = on_postgres(settings, postgres_url)
     engine = make_engine(postgres_url)
     group = replicas(settings)
     first: list[subprocess.Popen[bytes]] = []
@@ -354,9 +343,7 @@ def test_three_replicas_on_a_fresh_database_migrate_once_and_stay_up(
     settings: SottoSettings, postgres_url: str, replicas: Callable[[SottoSettings], Replicas]
 ) -> None:
     # the policy names no driver, as docs/configuration.md writes it (psycopg is implied)
-    settings = _on_postgres(
-        settings, postgres_url.replace("postgresql+psycopg://", "postgresql://")
-    )
+    settings = on_postgres(settings, postgres_url.replace("postgresql+psycopg://", "postgresql://"))
     stream = _stream(settings, 4000, seed=12)
     engine = make_engine(postgres_url)
     with engine.connect() as conn:  # fresh: nothing migrated before the replicas start
@@ -449,7 +436,7 @@ def test_database_restart_mid_stream_the_replica_stays_up_and_counts_exactly(
     postgres_server: LocalPostgres,
     replicas: Callable[[SottoSettings], Replicas],
 ) -> None:
-    settings = _on_postgres(settings, postgres_url)
+    settings = on_postgres(settings, postgres_url)
     stream = _stream(settings, 6000, seed=13)
     total = stream.total
     engine = make_engine(postgres_url)

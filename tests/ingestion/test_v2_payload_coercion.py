@@ -69,6 +69,7 @@ from tests.ingestion.helpers import (
     Truth,
     assert_matches,
     dead_letters,
+    on_postgres,
     produce,
     random_summary,
     seal_for,
@@ -430,17 +431,6 @@ def test_honest_checkin_layouts_are_still_accepted(layout: str) -> None:
 
 
 # -- 7. the same check-in through the real service, on PostgreSQL ------------------------------
-def on_postgres(settings: SottoSettings, url: str) -> SottoSettings:
-    path = settings.policy_path
-    old = f'database_url = "{settings.policy.region("eu").database_url}"'
-    body = path.read_text()
-    assert body.count(old) == 1, body
-    path.write_text(body.replace(old, f'database_url = "{url}"'))
-    return SottoSettings(
-        home=settings.home, kafka_bootstrap=settings.kafka_bootstrap, ingest=settings.ingest
-    )
-
-
 @pytest.mark.kafka
 @pytest.mark.timeout(300)
 def test_a_nul_checkin_layout_is_dead_lettered_on_postgres_and_the_region_goes_on(
@@ -480,7 +470,7 @@ def test_a_nul_checkin_layout_is_dead_lettered_on_postgres_and_the_region_goes_o
     assert [(d.reason, d.original) for d in dls] == [(RejectReason.PAYLOAD_INVALID, bad_v2)]
 
 
-# -- 6. a rejection's detail never carries a decrypted mapping key, integer keys included --------
+# -- 8. a rejection's detail never carries a decrypted mapping key, integer keys included --------
 @pytest.mark.parametrize(
     "hist",
     [
@@ -504,7 +494,7 @@ def test_a_list_index_is_still_named_in_a_rejection() -> None:
     assert "shares.1" in v.detail, v.detail
 
 
-# -- 7. a map of many unknown keys is refused before pydantic makes an error of each ------------
+# -- 9. a map of many unknown keys is refused before pydantic makes an error of each ------------
 @pytest.mark.parametrize(
     "where",
     ["top level", "nested model", "inside a list item"],
